@@ -1,0 +1,80 @@
+# Shared set-up steps of deploy/demo and deploy/test. Every step is idempotent: it checks, then acts.
+# Sourced, not run. Needs root on Debian 12.
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${ENCLAVE_VENV:-$REPO/.venv}"
+NODE_PREFIX="${ENCLAVE_NODE_PREFIX:-/opt/enclave/node}"
+CHP_VERSION="5.3.0"
+CHP="$NODE_PREFIX/node_modules/.bin/configurable-http-proxy"
+PY="$VENV/bin/python"
+export DEBIAN_FRONTEND=noninteractive
+
+say() { printf '==> [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'deploy: %s\n' "$*" >&2; exit 1; }
+
+need_root() { [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and manages dockerd and iptables)"; }
+
+ensure_packages() {
+  local wanted=(docker.io slapd ldap-utils debootstrap iptables nodejs npm python3 python3-venv ca-certificates curl procps "$@")
+  local missing=()
+  for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]}"
+  # slapd's own service is not used (deploy/localldap.py runs ours); do not let postinst start daemons.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+  apt-get update -qq || die "apt-get update failed: are Debian's package mirrors reachable?"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || { rm -f /usr/sbin/policy-rc.d; die "apt-get install ${missing[*]} failed"; }
+  rm -f /usr/sbin/policy-rc.d
+}
+
+ensure_dockerd() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  say "starting the Docker engine"
+  if [ -d /run/systemd/system ]; then
+    systemctl start docker || die "systemctl start docker failed: see journalctl -u docker"
+  else
+    nohup dockerd >/var/log/enclave-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
+  die "the Docker engine did not come up within 60 s (see /var/log/enclave-dockerd.log or journalctl -u docker)"
+}
+
+ensure_chp() {
+  if [ -x "$CHP" ] && "$CHP" --version 2>/dev/null | grep -q "$CHP_VERSION"; then return 0; fi
+  say "installing configurable-http-proxy $CHP_VERSION (npm)"
+  mkdir -p "$NODE_PREFIX"
+  npm install --silent --no-fund --no-audit --prefix "$NODE_PREFIX" "configurable-http-proxy@$CHP_VERSION" >/dev/null \
+    || die "npm install configurable-http-proxy@$CHP_VERSION failed"
+}
+
+ensure_venv() {
+  local stamp="$VENV/.enclave-installed"
+  local want; want="$(cat "$REPO/pyproject.toml" "$REPO/deploy/constraints.txt" 2>/dev/null | sha256sum | cut -c1-16):$REPO"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  say "creating the Python environment $VENV"
+  [ -x "$PY" ] || /usr/bin/python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
+  local constraints=(); [ -f "$REPO/deploy/constraints.txt" ] && constraints=(-c "$REPO/deploy/constraints.txt")
+  "$PY" -m pip install -q --disable-pip-version-check -e "$REPO[test]" "${constraints[@]}" || die "pip install failed"
+  echo "$want" > "$stamp"
+}
+
+ensure_images() {
+  say "building images (only what changed)"
+  NOTEBOOK_IMAGE="$(ENCLAVE_PYTHON="$PY" "$REPO/images/build")" || die "images/build failed"
+  export NOTEBOOK_IMAGE
+}
+
+# secret NAME: create STATE/secrets/NAME (random, mode 600) once.
+ensure_secret() {
+  local file="$STATE/secrets/$1"
+  install -d -m 700 "$STATE/secrets"
+  [ -s "$file" ] && return 0
+  (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$file.tmp" && mv "$file.tmp" "$file")
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_http() {  # url seconds
+  for _ in $(seq 1 "$2"); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 1; done
+  return 1
+}

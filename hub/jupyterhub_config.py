@@ -1,0 +1,112 @@
+"""JupyterHub configuration of the enclave. Everything site-specific comes from policies/site.yaml.
+
+Run as ``jupyterhub -f hub/jupyterhub_config.py`` with ENCLAVE_STATE_DIR and ENCLAVE_POLICY_DIR set
+(deploy/demo and the systemd unit do this).
+"""
+
+import ssl
+import sys
+
+from hub.auth import ENCLAVE_GROUPS, EnclaveAuthenticator, enclave_roles, group_dn
+from hub.home import project_rows
+from hub.paths import REPO_ROOT, EnclavePaths
+from hub import runtime
+from hub.policy import PolicyError
+from hub.spawner import EnclaveSpawner
+
+c = get_config()  # noqa: F821 -- provided by JupyterHub when it loads this file
+
+paths = EnclavePaths.from_env()
+try:
+    store = runtime.policy_store(str(paths.policy_dir), str(paths.state_dir))
+except PolicyError as exc:
+    # Refuse to start on an invalid policy rather than guess: nothing is running yet to keep serving.
+    sys.exit(f"enclave: the policy in {paths.policy_dir} is invalid, the hub will not start:\n{exc}")
+site = store.current().site
+
+
+def secret(name: str) -> str:
+    path = paths.secret(name)
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        sys.exit(f"enclave: cannot read secret {path}: {exc.strerror} (deploy/demo or deploy/install creates it)")
+
+
+
+# ---- processes and addresses -----------------------------------------------------------------
+c.JupyterHub.bind_url = site.public_url
+# The hub API listens on every address because each project network reaches it at its own gateway;
+# the host firewall (hub/firewall.py) admits enclave bridges to this port and nothing else.
+c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{site.hub_port}"
+c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{site.hub_port}"
+c.JupyterHub.db_url = f"sqlite:///{paths.hub_dir / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(paths.secret("cookie_secret"))
+c.JupyterHub.pid_file = str(paths.hub_dir / "jupyterhub.pid")
+# The proxy runs on its own (deploy/), so routes survive a hub restart; servers keep running too.
+c.JupyterHub.cleanup_servers = False
+c.ConfigurableHTTPProxy.should_start = False
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{site.proxy_api_port}"
+c.ConfigurableHTTPProxy.auth_token = secret("proxy_auth_token")
+c.JupyterHub.template_paths = [str(REPO_ROOT / "hub" / "templates")]
+c.JupyterHub.template_vars = {"enclave_projects": lambda user: project_rows(store, user)}
+# About 2.5 s per spawn on 2 cores and 20 concurrent in about 36 s (DESIGN.md section 8).
+c.JupyterHub.concurrent_spawn_limit = 20
+c.JupyterHub.default_url = "/hub/home"
+
+# ---- authentication: LDAP over StartTLS, groups -> roles --------------------------------------
+c.JupyterHub.authenticator_class = EnclaveAuthenticator
+ldap = site.ldap
+c.EnclaveAuthenticator.server_address = ldap.server_address
+c.EnclaveAuthenticator.server_port = ldap.server_port
+c.EnclaveAuthenticator.tls_strategy = ldap.tls_strategy
+tls = {"validate": ssl.CERT_REQUIRED, "version": ssl.PROTOCOL_TLS_CLIENT}
+if ldap.ca_file:
+    tls["ca_certs_file"] = ldap.ca_file
+c.EnclaveAuthenticator.tls_kwargs = tls
+c.EnclaveAuthenticator.bind_dn_template = [ldap.user_dn_template]
+c.EnclaveAuthenticator.allowed_groups = [group_dn(g, ldap.groups_base) for g in ENCLAVE_GROUPS]
+c.EnclaveAuthenticator.state_dir = str(paths.state_dir)
+c.Authenticator.admin_users = set()  # no JupyterHub superuser: admins get the enclave-admin role only
+c.JupyterHub.custom_scopes = {
+    "custom:exports:request": {"description": "Create and follow export requests for your own projects."},
+    "custom:exports:review": {"description": "Review export requests of projects you are not a member of."},
+    "custom:exports:audit": {"description": "Read export requests and their audit records; no voting."},
+}
+c.JupyterHub.load_roles = enclave_roles() + [
+    {
+        "name": "idle-culler",
+        "services": ["idle-culler"],
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    }
+]
+
+# ---- spawner ----------------------------------------------------------------------------------
+c.JupyterHub.spawner_class = EnclaveSpawner
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = 0  # the policy decides which names (projects) exist
+c.EnclaveSpawner.policy_dir = str(paths.policy_dir)
+c.EnclaveSpawner.state_dir = str(paths.state_dir)
+c.EnclaveSpawner.prefix = site.network_prefix.rstrip("-")
+# Project ids and uids are already DNS-safe (schema, LDAP username regex), so names stay readable.
+c.EnclaveSpawner.name_template = "{prefix}-{raw_username}--{raw_servername}"
+c.EnclaveSpawner.remove = True  # the container goes on stop; the workspace stays
+c.EnclaveSpawner.pull_policy = "never"  # no registry: images are built locally (images/build)
+c.EnclaveSpawner.use_internal_ip = True
+c.EnclaveSpawner.cmd = ["jupyterhub-singleuser"]
+# The server's own token: identify itself and report activity, nothing else (see DESIGN.md sec. 8).
+c.EnclaveSpawner.server_token_scopes = ["users:activity!user"]
+c.EnclaveSpawner.start_timeout = 120
+c.EnclaveSpawner.http_timeout = 120
+c.EnclaveSpawner.debug = False
+
+# ---- services -----------------------------------------------------------------------------------
+c.JupyterHub.services = [
+    {
+        "name": "idle-culler",
+        "command": [
+            sys.executable, "-m", "jupyterhub_idle_culler",
+            f"--timeout={site.idle_timeout_seconds}", "--cull-every=60", "--remove-named-servers=false",
+        ],
+    }
+]

@@ -1,0 +1,301 @@
+"""EnclaveSpawner: one locked-down container per (researcher, project).
+
+The server name *is* the project id (``/user/alice/demo-cardio/``). Everything the container gets --
+image, network, mounts, limits -- is derived here from policy; nothing comes from the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import docker
+from dockerspawner import DockerSpawner
+from tornado import web
+from traitlets import Unicode, default, validate
+
+from hub import firewall, runtime
+from hub.paths import EnclavePaths
+from hub.policy import Project
+from hub.security_profile import (
+    DATA_ROOT,
+    HOME,
+    NOTEBOOK_GID,
+    NOTEBOOK_UID,
+    PROTECTED_HOST_CONFIG,
+    WORKSPACE,
+    Mount,
+    security_profile,
+)
+
+ACCREDITED_GROUP = "enclave-researchers"
+
+
+class SpawnRefused(web.HTTPError):
+    """A spawn the policy does not allow. The message is shown on the spawn page as it is."""
+
+    def __init__(self, message: str, status: int = 403):
+        super().__init__(status, message)
+        self.reason_text = message
+
+
+def bridge_name(network: str) -> str:
+    """Linux interface names are at most 15 characters; a hash keeps them unique and matchable."""
+    return "enc" + hashlib.sha256(network.encode()).hexdigest()[:10]
+
+
+class EnclaveSpawner(DockerSpawner):
+    """DockerSpawner whose container is derived entirely from the project policy."""
+
+    state_dir = Unicode(
+        help="The enclave state directory; workspaces and published datasets are found under it.",
+    ).tag(config=True)
+
+    policy_dir = Unicode(
+        help="The policy directory. The spawner consults it at every spawn, so a policy change applies "
+        "to the next spawn without a hub restart.",
+    ).tag(config=True)
+
+    @default("state_dir")
+    def _state_dir_default(self):
+        return str(EnclavePaths.from_env().state_dir)
+
+    @default("policy_dir")
+    def _policy_dir_default(self):
+        return str(EnclavePaths.from_env().policy_dir)
+
+    @property
+    def policy_store(self):
+        return runtime.policy_store(self.policy_dir, self.state_dir)
+
+    @property
+    def audit(self):
+        """The installation's audit log: every spawn decision is recorded on it."""
+        return runtime.audit_log(self.state_dir)
+
+    @default("options_form")
+    def _options_form_default(self):
+        return ""  # researchers choose nothing: no image, mount or network
+
+    @default("network_name")
+    def _network_name_default(self):
+        return self.project_network_name()
+
+    @validate("extra_host_config", "extra_create_kwargs")
+    def _refuse_profile_overrides(self, proposal):
+        value = proposal["value"]
+        if callable(value):
+            raise ValueError(f"EnclaveSpawner.{proposal['trait'].name} may not be a callable: it would bypass the profile")
+        clash = sorted(set(value) & (PROTECTED_HOST_CONFIG | {"host_config", "image", "user", "volumes"}))
+        if clash:
+            raise ValueError(
+                f"EnclaveSpawner.{proposal['trait'].name} may not set {', '.join(clash)}: "
+                "these come from hub/security_profile.py only"
+            )
+        return value
+
+    # ---- policy -------------------------------------------------------------------------------
+
+    @property
+    def paths(self) -> EnclavePaths:
+        return EnclavePaths(Path(self.state_dir), Path(self.policy_dir))
+
+    def project_network_name(self) -> str:
+        prefix = self.policy_store.current().site.network_prefix
+        return f"{prefix}{self.name}"
+
+    def authorize(self) -> Project:
+        """The project this server is for, or :class:`SpawnRefused` saying why not."""
+        if not self.name:
+            raise SpawnRefused("Choose a project: each notebook server belongs to one project.")
+        unexpected = sorted(set(self.user_options or {}) - {"profile"})
+        if unexpected:
+            raise SpawnRefused(
+                f"Spawn options are not accepted ({', '.join(unexpected)}): the image, mounts and network "
+                "come from the project policy.",
+                status=400,
+            )
+        policy = self.policy_store.current()
+        project = policy.projects.get(self.name)
+        if project is None:
+            raise SpawnRefused(f"Unknown project '{self.name}'.", status=404)
+        groups = {g.name for g in self.user.groups}
+        if ACCREDITED_GROUP not in groups:
+            raise SpawnRefused(f"{self.user.name} is not an accredited researcher ({ACCREDITED_GROUP}).")
+        refusal = project.access_refusal(self.user.name, date.today())
+        if refusal:
+            raise SpawnRefused(f"Cannot start {project.id}: {refusal}.")
+        return project
+
+    def project_mounts(self, project: Project) -> list[Mount]:
+        """Datasets read-only under /data (outside Jupyter's root), the shared workspace read-write."""
+        policy = self.policy_store.current()
+        mounts = []
+        for ref in project.datasets:
+            published = self.paths.data_dir / project.id / ref.id / ref.version
+            if not (published / "manifest.json").is_file():
+                raise SpawnRefused(
+                    f"Cannot start {project.id}: dataset {ref.id} version {ref.version} is not published "
+                    f"for this project yet (the administrator runs `enclave dataset ingest`).",
+                    status=409,
+                )
+            if ref.id not in policy.datasets:
+                raise SpawnRefused(f"Cannot start {project.id}: dataset {ref.id} is not catalogued.", status=409)
+            mounts.append(Mount(published, f"{DATA_ROOT}/{ref.id}", read_only=True))
+        mounts.append(Mount(self.ensure_workspace(project), WORKSPACE, read_only=False))
+        return mounts
+
+    def ensure_workspace(self, project: Project) -> Path:
+        """The project's shared workspace, owned by the notebook uid so every member can write it."""
+        path = self.paths.workspace(project.id)
+        path.mkdir(parents=True, exist_ok=True)
+        os.chown(path, NOTEBOOK_UID, NOTEBOOK_GID)
+        path.chmod(0o770)
+        return path
+
+    # ---- engine -------------------------------------------------------------------------------
+
+    async def check_engine(self) -> None:
+        """Fail early and plainly when the engine is down, before anything is created."""
+        try:
+            await self.docker("ping")
+        except Exception as exc:  # docker raises several unrelated types for "cannot connect"
+            host = (self.client_kwargs or {}).get("base_url") or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+            raise SpawnRefused(
+                f"The container engine is unreachable ({host}): {type(exc).__name__}. "
+                "Nothing was created; ask the operator to start dockerd.",
+                status=503,
+            ) from exc
+
+    def _ensure_network(self, project: Project) -> dict[str, Any]:
+        """The project's internal network, created once, and its host firewall (blocking; executor)."""
+        name = self.project_network_name()
+        client = self.client
+        found = client.networks(names=[name])
+        found = [n for n in found if n["Name"] == name]
+        if found:
+            net = client.inspect_network(found[0]["Id"])
+            if not net.get("Internal"):
+                raise SpawnRefused(f"Network {name} exists but is not internal; refusing to use it.", 500)
+        else:
+            net = client.create_network(
+                name,
+                driver="bridge",
+                internal=True,
+                check_duplicate=True,
+                labels={"org.enclave.project": project.id, "org.enclave.role": "project-network"},
+                options={
+                    "com.docker.network.bridge.name": bridge_name(name),
+                    "com.docker.network.bridge.enable_ip_masquerade": "false",
+                },
+            )
+            net = client.inspect_network(net["Id"])
+        site = self.policy_store.current().site
+        firewall.ensure_bridge(bridge_name(name), [site.hub_port, site.exports_port])
+        return net
+
+    async def ensure_network(self, project: Project) -> str:
+        """Create the network if needed and return its gateway address (where the hub is reached)."""
+        net = await asyncio.wrap_future(self.executor.submit(self._ensure_network, project))
+        configs = net.get("IPAM", {}).get("Config") or []
+        gateway = next((c.get("Gateway") for c in configs if c.get("Gateway")), None)
+        if not gateway:
+            raise SpawnRefused(f"Network {net['Name']} has no gateway address; cannot reach the hub from it.", 500)
+        return gateway
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def record(self, action: str, outcome: str = "ok", **details: Any) -> None:
+        self.audit.append(
+            actor=self.user.name, action=action, project=self.name or "(none)",
+            target=f"{self.user.name}/{self.name}", outcome=outcome, details=details,
+        )
+
+    async def start(self):
+        try:
+            project = self.authorize()
+            await self.check_engine()
+            mounts = self.project_mounts(project)
+            gateway = await self.ensure_network(project)
+        except SpawnRefused as exc:
+            self.record("server.spawn", "denied", reason=exc.reason_text)
+            raise
+        site = self.policy_store.current().site
+        self.network_name = self.project_network_name()
+        self.hub_connect_url = f"http://{gateway}:{site.hub_port}"
+        self.image = site.image
+        self._profile = security_profile(
+            image=site.image,
+            network=self.network_name,
+            dns=gateway,
+            mounts=mounts,
+            cpu=project.resources.cpu,
+            memory=project.resources.memory,
+            pids=project.resources.pids,
+            gpus=project.resources.gpus,
+        )
+        self._enclave_env = {
+            "ENCLAVE_PROJECT": project.id,
+            "ENCLAVE_EXPORT_URL": f"http://{gateway}:{site.exports_port}/services/exports/",
+            "ENCLAVE_TERMINALS": "1" if project.terminals else "0",
+            "HOME": HOME,
+            "JUPYTER_RUNTIME_DIR": f"{HOME}/.local/share/jupyter/runtime",
+            "JUPYTER_DATA_DIR": f"{HOME}/.local/share/jupyter",
+            "IPYTHONDIR": f"{HOME}/.ipython",
+            "MPLCONFIGDIR": f"{HOME}/.config/matplotlib",
+            "XDG_CACHE_HOME": f"{HOME}/.cache",
+        }
+        try:
+            ip_port = await super().start()
+        except Exception as exc:
+            self.record("server.spawn", "error", reason=f"{type(exc).__name__}: {exc}")
+            raise
+        image = await self.docker("inspect_image", site.image)
+        self.image_digest = image["Id"]
+        self.record("server.start", image=site.image, image_digest=self.image_digest)
+        for ref in project.datasets:
+            self.audit.append(actor=self.user.name, action="dataset.mount", project=project.id,
+                              target=f"{ref.id}@{ref.version}", details={"server": f"{self.user.name}/{self.name}",
+                                                                       "read_only": True})
+        return ip_port
+
+    image_digest = ""
+
+    def get_state(self):
+        state = super().get_state()
+        if self.image_digest:
+            state["image_digest"] = self.image_digest
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.image_digest = state.get("image_digest", "")
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(getattr(self, "_enclave_env", {}))
+        env["JUPYTERHUB_DISABLE_USER_CONFIG"] = "1"
+        return env
+
+    async def create_object(self):
+        """Create the container from the security profile alone (see hub/security_profile.py)."""
+        profile = self._profile
+        create = dict(profile["create"])
+        create.update(
+            name=self.container_name,
+            environment=self.get_env(),
+            command=await self.get_command(),
+            ports={f"{self.port}/tcp": None},
+            host_config=self.client.create_host_config(**profile["host_config"]),
+        )
+        return await self.docker("create_container", **create)
+
+    async def stop(self, now=False):
+        digest = self.image_digest
+        await super().stop(now=now)
+        self.record("server.stop", image_digest=digest or "unknown")
+

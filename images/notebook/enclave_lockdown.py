@@ -1,0 +1,87 @@
+"""Jupyter server extension that closes the side doors of a notebook server in the enclave.
+
+Download routes (/files, /view, /nbconvert) answer 403 and the attempt is logged and reported to the
+audit trail through the export service (the only hub-side endpoint a container may call besides the
+hub API). Uploads are capped in total, including JupyterLab's chunked uploads.
+"""
+
+import json
+import os
+import urllib.request
+
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.services.contents.largefilemanager import LargeFileManager
+from jupyter_server.utils import url_path_join
+from tornado import web
+from traitlets import Integer
+
+REFUSAL = "This enclave has no download route. Results leave only through an export request (enclave-export)."
+
+
+def report_refusal(route: str, path: str) -> None:
+    """Best effort: the hub-side audit record of a refused side door. Never blocks the refusal."""
+    url = os.environ.get("ENCLAVE_EXPORT_URL")
+    token = os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not url or not token:
+        return
+    body = json.dumps({"route": route, "path": path[:500]}).encode()
+    req = urllib.request.Request(
+        url_path_join(url, "api/v1/sidedoor"), data=body, method="POST",
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
+    try:
+        urllib.request.urlopen(req, timeout=2).close()
+    except Exception:
+        pass
+
+
+class RefusedHandler(JupyterHandler):
+    """Answers every method with 403 and records the attempt."""
+
+    def initialize(self, **kwargs):  # FilesHandler is constructed with a 'path' argument
+        pass
+
+    def _refuse(self, *args, **kwargs):
+        route = self.request.path
+        self.log.warning("enclave: refused side-door request %s %s", self.request.method, route)
+        report_refusal(self.request.method + " " + route.split("?", 1)[0], route)
+        raise web.HTTPError(403, REFUSAL)
+
+    get = post = put = delete = patch = head = _refuse
+
+    def check_xsrf_cookie(self):
+        return  # refuse with 403 REFUSAL rather than an xsrf error, so the log says what happened
+
+
+class CappedContentsManager(LargeFileManager):
+    """Refuses uploads larger than the cap, counting every chunk of a chunked upload."""
+
+    upload_cap_bytes = Integer(10 * 1024 * 1024, config=True, help="Largest file a researcher may upload.")
+
+    def save(self, model, path=""):
+        content = model.get("content") or ""
+        size = len(content) * 3 // 4 if model.get("format") == "base64" else len(content.encode() if isinstance(content, str) else b"")
+        chunk = model.get("chunk")
+        if chunk is not None and chunk != 1:
+            try:
+                size += os.path.getsize(self._get_os_path(path))
+            except OSError:
+                pass
+        if size > self.upload_cap_bytes:
+            self.log.warning("enclave: refused upload of %s (%d bytes > cap %d)", path, size, self.upload_cap_bytes)
+            report_refusal("upload-over-cap", path)
+            raise web.HTTPError(413, f"Upload refused: {path} is larger than the enclave's cap of {self.upload_cap_bytes} bytes.")
+        return super().save(model, path)
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "enclave_lockdown"}]
+
+
+def _load_jupyter_server_extension(serverapp):
+    base = serverapp.web_app.settings["base_url"]
+    routes = [r"files/.*", r"view/.*", r"nbconvert/.*", r"nbconvert", r"api/nbconvert.*"]
+    # add_handlers puts these ahead of the server's own routes (tornado's default router is searched first)
+    serverapp.web_app.add_handlers(".*$", [(url_path_join(base, r), RefusedHandler) for r in routes])
+    serverapp.log.info("enclave_lockdown: download routes closed, uploads capped at %d bytes",
+                       serverapp.contents_manager.upload_cap_bytes)

@@ -1,0 +1,283 @@
+"""Real components for integration tests: a slapd directory, a proxy and a hub, each on free loopback
+ports with their own state directory, network prefix and firewall rules, all removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+IMAGE = os.environ.get("ENCLAVE_TEST_IMAGE", "enclave/notebook:0.1")
+CHP = os.environ.get("ENCLAVE_CHP", "/opt/enclave/node/node_modules/.bin/configurable-http-proxy")
+BASE_DN = "dc=enclave,dc=test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ProcessExited(RuntimeError):
+    """A process we were waiting on has died: waiting longer cannot help."""
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except ProcessExited:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- keep polling, report the last error
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
+
+
+@dataclass
+class Directory:
+    """slapd from Debian on a loopback port, seeded with the demo users (deploy/demo-directory.yaml)."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+
+    @property
+    def dir(self) -> Path:
+        return self.root / "ldap"
+
+    def start(self) -> "Directory":
+        subprocess.run([PYTHON, REPO / "deploy/localldap.py", "start", "--dir", self.dir, "--port", str(self.port)],
+                       check=True)
+        return self
+
+    def stop(self) -> None:
+        subprocess.run([PYTHON, REPO / "deploy/localldap.py", "stop", "--dir", self.dir], check=False)
+
+
+@dataclass
+class Hub:
+    """One enclave installation: policy copy, state directory, proxy and hub processes."""
+
+    root: Path
+    directory: Directory
+    name: str = field(default_factory=lambda: "et" + secrets.token_hex(3))
+    env_extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.state = self.root / f"state-{self.name}"
+        self.policy = self.root / f"policy-{self.name}"
+        self.public_port, self.hub_port, self.api_port, self.exports_port = (free_port() for _ in range(4))
+        self.prefix = f"{self.name}-"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    # ---- set-up ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.public_port}"
+
+    def env(self) -> dict:
+        env = dict(os.environ, ENCLAVE_STATE_DIR=str(self.state), ENCLAVE_POLICY_DIR=str(self.policy))
+        env.update(self.env_extra)
+        return env
+
+    def prepare(self) -> "Hub":
+        shutil.copytree(REPO / "policies", self.policy, dirs_exist_ok=True)
+        site = yaml.safe_load((self.policy / "site.yaml").read_text())
+        self.site_image = IMAGE if ":" in IMAGE else f"{IMAGE}:latest"
+        site.update(
+            image=self.site_image,
+            network_prefix=self.prefix,
+            public_url=self.url,
+            hub_port=self.hub_port,
+            proxy_api_port=self.api_port,
+            exports_port=self.exports_port,
+        )
+        site["ldap"].update(server_port=self.directory.port, ca_file=str(self.directory.dir / "ca.pem"))
+        (self.policy / "site.yaml").write_text(yaml.safe_dump(site, sort_keys=False))
+        (self.state / "hub").mkdir(parents=True)
+        (self.state / "logs").mkdir()
+        secrets_dir = self.state / "secrets"
+        secrets_dir.mkdir(mode=0o700)
+        for name in ("cookie_secret", "proxy_auth_token"):
+            path = secrets_dir / name
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        publish_demo_data(self.state, self.policy)
+        return self
+
+    def start(self, timeout: float = 60) -> "Hub":
+        if "proxy" not in self.procs or self.procs["proxy"].poll() is not None:
+            self.start_proxy()
+        log = open(self.state / "logs" / "hub.log", "ab")
+        self.procs["hub"] = subprocess.Popen(
+            [str(Path(PYTHON).parent / "jupyterhub"), "-f", str(REPO / "hub/jupyterhub_config.py")],
+            cwd=self.state / "hub", env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for(self._healthy, timeout, f"hub {self.name} to answer /hub/health (log: {self.state}/logs/hub.log)")
+        return self
+
+    def start_proxy(self) -> None:
+        token = (self.state / "secrets" / "proxy_auth_token").read_text()
+        log = open(self.state / "logs" / "proxy.log", "ab")
+        self.procs["proxy"] = subprocess.Popen(
+            [CHP, "--ip", "127.0.0.1", "--port", str(self.public_port), "--api-ip", "127.0.0.1",
+             "--api-port", str(self.api_port), "--error-target", f"http://127.0.0.1:{self.hub_port}/hub/error",
+             "--log-level", "warn"],
+            env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _healthy(self) -> bool:
+        if self.procs["hub"].poll() is not None:
+            raise ProcessExited(f"hub exited with {self.procs['hub'].returncode}: {self.log_tail()}")
+        return requests.get(f"{self.url}/hub/health", timeout=2).status_code == 200
+
+    def log_tail(self, n: int = 40) -> str:
+        path = self.state / "logs" / "hub.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+    def stop_hub(self, sig=signal.SIGTERM) -> None:
+        proc = self.procs.pop("hub", None)
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def teardown(self) -> None:
+        self.stop_hub()
+        proxy = self.procs.pop("proxy", None)
+        if proxy and proxy.poll() is None:
+            os.killpg(proxy.pid, signal.SIGTERM)
+            proxy.wait(10)
+        remove_docker_objects(self.prefix)
+
+    # ---- docker views -------------------------------------------------------------------------
+    def container(self, user: str, project: str):
+        return docker.from_env().containers.get(f"{self.prefix}{user}--{project}")
+
+    def containers(self) -> list:
+        return [c for c in docker.from_env().containers.list(all=True) if c.name.startswith(self.prefix)]
+
+    def network(self, project: str):
+        return docker.from_env().networks.get(f"{self.prefix}{project}")
+
+
+def remove_docker_objects(prefix: str) -> None:
+    """Remove containers and networks (and their firewall rules) that a test hub created."""
+    from hub import firewall
+    from hub.spawner import bridge_name
+
+    client = docker.from_env()
+    for container in client.containers.list(all=True):
+        if container.name.startswith(prefix):
+            container.remove(force=True)
+    for network in client.networks.list():
+        if network.name.startswith(prefix):
+            network.remove()
+            firewall.remove_bridge(bridge_name(network.name))
+
+
+def publish_demo_data(state: Path, policy: Path) -> None:
+    """The same demo data deploy/demo publishes, small, for every project in the policy copy."""
+    subprocess.run([str(REPO / "deploy/demo-data"), str(state), str(policy), "--persons", "300"], check=True,
+                   env=dict(os.environ, PATH=f"{Path(PYTHON).parent}:{os.environ['PATH']}"))
+
+
+class HubClient:
+    """A browser-like session of one user against a hub: form login, then the REST API with xsrf."""
+
+    def __init__(self, hub: Hub, user: str, password: str | None = None):
+        self.hub, self.user = hub, user
+        self.password = password if password is not None else f"demo-{user}"
+        self.session = requests.Session()
+
+    def login(self) -> requests.Response:
+        page = self.session.get(f"{self.hub.url}/hub/login", timeout=10)
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+        data = {"username": self.user, "password": self.password}
+        if xsrf:
+            data["_xsrf"] = xsrf.group(1)
+        return self.session.post(f"{self.hub.url}/hub/login", data=data, allow_redirects=False, timeout=30)
+
+    def logged_in(self) -> bool:
+        return self.login().status_code == 302
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = kwargs.pop("headers", {})
+        xsrf = self.session.cookies.get("_xsrf")
+        if xsrf:
+            headers["X-XSRFToken"] = xsrf
+        return self.session.request(method, f"{self.hub.url}/hub/api{path}", headers=headers, timeout=60, **kwargs)
+
+    def start(self, project: str, **kwargs) -> requests.Response:
+        return self.api("POST", f"/users/{self.user}/servers/{project}", **kwargs)
+
+    def server(self, project: str) -> dict | None:
+        model = self.api("GET", f"/users/{self.user}").json()
+        return model.get("servers", {}).get(project)
+
+    def wait_ready(self, project: str, timeout: float = 120) -> dict:
+        def ready():
+            server = self.server(project)
+            if server is None:
+                raise RuntimeError(f"{self.user}/{project} is not running (spawn failed?)")
+            return server if server.get("ready") else None
+
+        return wait_for(ready, timeout, f"{self.user}/{project} to be ready")
+
+    def spawn(self, project: str, timeout: float = 120) -> dict:
+        response = self.start(project)
+        assert response.status_code in (201, 202), f"spawn {self.user}/{project}: {response.status_code} {response.text}"
+        return self.wait_ready(project, timeout)
+
+    def stop(self, project: str) -> None:
+        response = self.api("DELETE", f"/users/{self.user}/servers/{project}")
+        assert response.status_code in (202, 204), response.text
+        wait_for(lambda: self.server(project) is None, 60, f"{self.user}/{project} to stop")
+
+    def progress_message(self, project: str) -> str:
+        """The last message of the spawn progress stream, as the spawn page shows it."""
+        resp = self.api("GET", f"/users/{self.user}/servers/{project}/progress", stream=True)
+        message = ""
+        for line in resp.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                message = event.get("message", message)
+                if event.get("failed") or event.get("ready"):
+                    break
+        return message
+
+
+def docker_exec(container, cmd: list[str] | str, user: str = "1000:1000", timeout: int = 60) -> tuple[int, str]:
+    """Run a command in a notebook container as the researcher would (same uid, same environment)."""
+    if isinstance(cmd, str):
+        cmd = ["/bin/bash", "-c", cmd]
+    result = container.exec_run(["timeout", str(timeout), *cmd], user=user, demux=False)
+    return result.exit_code, result.output.decode(errors="replace")
+
+
+def py_exec(container, code: str, timeout: int = 60) -> tuple[int, str]:
+    return docker_exec(container, ["/opt/notebook/bin/python", "-c", code], timeout=timeout)
