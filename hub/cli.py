@@ -20,6 +20,17 @@ class CLIError(Exception):
 Handler = Callable[[argparse.Namespace, EnclavePaths], int | None]
 
 
+def command_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """The subcommands of ``enclave NAME``, created on first use and shared by every concern that adds to it
+    (``dataset ingest`` comes from the pipeline, ``dataset attach`` from provisioning)."""
+    group = subparsers.choices.get(name)
+    if group is None:
+        group = subparsers.add_parser(name, help=help)
+        group.set_defaults(handler=lambda args, paths: group.print_help() or 2)
+        return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+    return next(a for a in group._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Each concern adds its own subcommands. Imported lazily so a broken optional part
     (for example the data pipeline) cannot stop ``enclave audit verify`` from running."""

@@ -4,6 +4,7 @@ Run as ``jupyterhub -f hub/jupyterhub_config.py`` with ENCLAVE_STATE_DIR and ENC
 (deploy/demo and the systemd unit do this).
 """
 
+import os
 import ssl
 import sys
 
@@ -78,7 +79,12 @@ c.JupyterHub.load_roles = enclave_roles() + [
         "name": "idle-culler",
         "services": ["idle-culler"],
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-    }
+    },
+    {
+        "name": "enclave-policy",
+        "services": ["enclave-policy"],
+        "scopes": ["list:users", "read:users", "read:servers", "delete:servers"],
+    },
 ]
 
 # ---- spawner ----------------------------------------------------------------------------------
@@ -106,7 +112,25 @@ c.JupyterHub.services = [
         "name": "idle-culler",
         "command": [
             sys.executable, "-m", "jupyterhub_idle_culler",
-            f"--timeout={site.idle_timeout_seconds}", "--cull-every=60", "--remove-named-servers=false",
+            f"--timeout={site.idle_timeout_seconds}",
+            f"--cull-every={os.environ.get('ENCLAVE_CULL_EVERY', '60')}",
+            "--cull-named-servers=true", "--remove-named-servers=false",
         ],
-    }
+    },
+    {
+        # Applies policy changes to running servers within seconds (hub/enforcer.py).
+        "name": "enclave-policy",
+        "command": [sys.executable, "-m", "hub.enforcer"],
+        "environment": {
+            "ENCLAVE_STATE_DIR": str(paths.state_dir),
+            "ENCLAVE_POLICY_DIR": str(paths.policy_dir),
+            **{k: v for k, v in os.environ.items() if k.startswith("ENCLAVE_AUDIT_") or k == "ENCLAVE_ENFORCE_EVERY"},
+        },
+    },
 ]
+
+# ---- audit --------------------------------------------------------------------------------------
+# Logins and spawns are audited by the authenticator and the spawner; culls and logouts here.
+from hub.audit_hooks import audited_log_function  # noqa: E402
+
+c.JupyterHub.tornado_settings = {"log_function": audited_log_function(str(paths.state_dir))}

@@ -333,10 +333,19 @@ class PolicyStore:
     def __init__(self, policy_dir: Path, state_dir: Path):
         self.policy_dir = policy_dir
         self.state_dir = state_dir
-        self._fingerprint: tuple | None = None
-        self._policy = load_policy(policy_dir, state_dir)  # the hub refuses to start on a bad policy
-        self._fingerprint = policy_fingerprint(policy_dir)
         self.last_error: PolicyError | None = None
+        self._fingerprint = policy_fingerprint(policy_dir)
+        try:
+            self._policy = load_policy(policy_dir, state_dir)
+        except PolicyError as exc:
+            # A hub restarted after a bad hand edit keeps serving the policy it last applied (written by
+            # hub/enforcer.py); with nothing applied yet it refuses to start rather than guess.
+            applied = state_dir / "hub" / "policy-applied"
+            if not (applied / "site.yaml").exists():
+                raise
+            self._policy = load_policy(applied, state_dir)
+            self.last_error = exc
+            log.error("policy on disk is invalid; serving the last applied policy from %s:\n%s", applied, exc)
 
     def current(self) -> Policy:
         """The newest valid policy. Call it at every decision; it costs a few stat() calls."""

@@ -27,6 +27,13 @@ TMPFS = {
     HOME: f"rw,noexec,nosuid,nodev,size=128m,uid={NOTEBOOK_UID},gid={NOTEBOOK_GID},mode=0700",
 }
 
+# RLIMIT_NPROC is counted per *uid across the whole host*, not per container: every notebook runs as
+# uid 1000, so an nproc equal to one container's pids limit let a fork bomb in one project stop every other
+# project's notebooks from forking (found by tests/integration/test_attacks.py::test_fork_bomb_...).
+# The per-container bound is the pids cgroup (pids_limit); nproc is only a host-wide backstop for all
+# notebooks together, well below the kernel's pid_max, so the host's own daemons can always fork.
+NPROC_ALL_NOTEBOOKS = 16384
+
 # Settings a site may not override through DockerSpawner.extra_host_config / extra_create_kwargs:
 # DockerSpawner only setdefault()s network_mode, so an override there would silently win.
 PROTECTED_HOST_CONFIG = frozenset(
@@ -86,7 +93,10 @@ def security_profile(
         "security_opt": ["no-new-privileges:true"],
         "privileged": False,
         "ipc_mode": "private",
-        # Resources (CIS 5.10, 5.11, 5.28): memory+swap equal so there is no swap to hide in.
+        # Own cgroup namespace: the container does not see the host's cgroup tree (or its container ids).
+        "cgroupns": "private",
+        # Resources (CIS 5.10, 5.11, 5.28): memory+swap equal so there is no swap to hide in; the pids
+        # cgroup bounds a fork bomb to its own container.
         "mem_limit": mem,
         "memswap_limit": mem,
         "cpu_period": 100_000,
@@ -94,7 +104,7 @@ def security_profile(
         "pids_limit": pids,
         "ulimits": [
             Ulimit(name="nofile", soft=4096, hard=4096),
-            Ulimit(name="nproc", soft=pids, hard=pids),
+            Ulimit(name="nproc", soft=NPROC_ALL_NOTEBOOKS, hard=NPROC_ALL_NOTEBOOKS),
             Ulimit(name="core", soft=0, hard=0),
         ],
         "restart_policy": {"Name": "no"},
@@ -110,3 +120,60 @@ def security_profile(
         "labels": {"org.enclave.role": "notebook"},
     }
     return {"host_config": host_config, "create": create}
+
+
+def inspect_problems(attrs: dict[str, Any]) -> list[str]:
+    """What is wrong with a running notebook container, read from ``docker inspect``: the engine's view
+    checked against the profile above (``enclave doctor`` runs it on every enclave container). Empty when
+    the container is as locked down as :func:`security_profile` says. Each entry is a sentence fragment
+    naming the field, for example ``"HostConfig.Privileged is true"``."""
+    hc = attrs.get("HostConfig") or {}
+    config = attrs.get("Config") or {}
+    problems: list[str] = []
+
+    def want(ok: bool, problem: str) -> None:
+        if not ok:
+            problems.append(problem)
+
+    user = config.get("User") or "root (the image default)"
+    want(user == f"{NOTEBOOK_UID}:{NOTEBOOK_GID}", f"Config.User is {user}, not {NOTEBOOK_UID}:{NOTEBOOK_GID}")
+    want(hc.get("CapDrop") == ["ALL"], f"HostConfig.CapDrop is {hc.get('CapDrop')}, not ['ALL']")
+    want(not hc.get("CapAdd"), f"HostConfig.CapAdd adds {hc.get('CapAdd')}")
+    want(hc.get("Privileged") is False, "HostConfig.Privileged is true")
+    want(hc.get("ReadonlyRootfs") is True, "HostConfig.ReadonlyRootfs is false: the root filesystem is writable")
+    options = hc.get("SecurityOpt") or []
+    want(any(o in ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true") for o in options),
+         "HostConfig.SecurityOpt lacks no-new-privileges")
+    unconfined = [o for o in options if o.replace(":", "=") in ("seccomp=unconfined", "apparmor=unconfined")]
+    want(not unconfined, f"HostConfig.SecurityOpt has {unconfined}: the engine's default profile is off")
+    for key in ("PidMode", "UTSMode", "UsernsMode"):
+        want(not hc.get(key), f"HostConfig.{key} is {hc.get(key)!r}: a host namespace is shared")
+    want(hc.get("IpcMode") in ("private", "none"), f"HostConfig.IpcMode is {hc.get('IpcMode')!r}, not private")
+    want(hc.get("CgroupnsMode") == "private", f"HostConfig.CgroupnsMode is {hc.get('CgroupnsMode')!r}, not private")
+    network = str(hc.get("NetworkMode") or "")
+    want(network not in ("", "default", "bridge", "host", "none") and not network.startswith("container:"),
+         f"HostConfig.NetworkMode is {network!r}, not a project network")
+    want(not hc.get("Devices"), f"HostConfig.Devices passes {hc.get('Devices')}")
+    want(not hc.get("PortBindings") and not hc.get("PublishAllPorts"), "ports are published on the host")
+    memory = hc.get("Memory") or 0
+    want(memory > 0 and hc.get("MemorySwap") == memory, "HostConfig.Memory is unset or differs from MemorySwap")
+    want((hc.get("PidsLimit") or 0) > 0, "HostConfig.PidsLimit is unset: a fork bomb is unbounded")
+    want((hc.get("CpuQuota") or 0) > 0 or (hc.get("NanoCpus") or 0) > 0, "no CPU quota")
+    ulimits = {u["Name"]: u for u in hc.get("Ulimits") or []}
+    want(set(ulimits) >= {"nofile", "nproc", "core"}, f"HostConfig.Ulimits sets only {sorted(ulimits)}")
+    want(ulimits.get("core", {}).get("Hard") == 0, "core dumps are allowed (ulimit core is not 0)")
+    for path, opts in (hc.get("Tmpfs") or {}).items():
+        flags = set(opts.split(","))
+        want({"noexec", "nosuid", "nodev"} <= flags and any(f.startswith("size=") for f in flags),
+             f"tmpfs {path} is not noexec,nosuid,nodev with a size cap")
+    for mount in attrs.get("Mounts") or []:
+        source, dest = str(mount.get("Source", "")), str(mount.get("Destination", ""))
+        if "docker.sock" in source or "docker.sock" in dest:
+            problems.append(f"the Docker socket is mounted ({source} at {dest})")
+        elif dest == WORKSPACE:
+            continue
+        elif dest.startswith(DATA_ROOT + "/"):
+            want(mount.get("RW") is False, f"data mount {dest} is writable")
+        else:
+            problems.append(f"unexpected mount {source} at {dest}")
+    return problems

@@ -35,12 +35,20 @@ from hub.security_profile import (
 ACCREDITED_GROUP = "enclave-researchers"
 
 
-class SpawnRefused(web.HTTPError):
-    """A spawn the policy does not allow. The message is shown on the spawn page as it is."""
+class SpawnError(web.HTTPError):
+    """A spawn that cannot go ahead. The message is shown as it is on the spawn page and in the API."""
 
-    def __init__(self, message: str, status: int = 403):
+    def __init__(self, message: str, status: int = 500):
         super().__init__(status, message)
         self.reason_text = message
+        self.jupyterhub_message = message  # JupyterHub shows only messages marked as meant for users
+
+
+class SpawnRefused(SpawnError):
+    """A spawn the policy does not allow."""
+
+    def __init__(self, message: str, status: int = 403):
+        super().__init__(message, status)
 
 
 def bridge_name(network: str) -> str:
@@ -274,6 +282,23 @@ class EnclaveSpawner(DockerSpawner):
     def load_state(self, state):
         super().load_state(state)
         self.image_digest = state.get("image_digest", "")
+
+    async def get_ip_and_port(self):
+        """The container's address on the project network; a container that died at start says why."""
+        for _ in range(20):
+            info = await self.docker("inspect_container", self.container_id)
+            state = info["State"]
+            if not state["Running"]:
+                logs = (await self.docker("logs", self.container_id, tail=20)).decode(errors="replace")
+                raise SpawnError(
+                    f"The notebook container exited at start (exit code {state['ExitCode']}): "
+                    f"{state.get('Error') or logs.strip()[-800:]}"
+                )
+            ip = (info["NetworkSettings"]["Networks"].get(self.network_name) or {}).get("IPAddress")
+            if ip:
+                return ip, self.port
+            await asyncio.sleep(0.25)
+        raise SpawnError(f"The notebook container has no address on network {self.network_name}.")
 
     def get_env(self):
         env = super().get_env()

@@ -156,6 +156,9 @@ class Hub:
         path = self.state / "logs" / "hub.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
 
+    def log_text(self) -> str:
+        return (self.state / "logs" / "hub.log").read_text(errors="replace")
+
     def stop_hub(self, sig=signal.SIGTERM) -> None:
         proc = self.procs.pop("hub", None)
         if proc and proc.poll() is None:

@@ -1,0 +1,276 @@
+"""The OpenAPI 3.1 description of the export service's REST API, served at ``api/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+STATUSES = [
+    "PENDING",
+    "SUBMITTED",
+    "PARTIALLY_REVIEWED",
+    "REVIEWED",
+    "APPROVED",
+    "REJECTED",
+    "RETURNED",
+    "WITHDRAWN",
+    "RELEASED",
+    "REVOKED",
+]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "400": _json(_ref("Error"), "Bad input; the message names the field or file"),
+    "403": _json(_ref("Error"), "Not authenticated, or not allowed; the message says why"),
+    "404": _json(_ref("Error"), "No such request or file"),
+    "409": _json(_ref("Error"), "Not allowed in the request's current state"),
+}
+
+
+def _action(summary: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": [{"$ref": "#/components/parameters/RequestId"}],
+        "responses": {"200": _json(_ref("Request"), "The request after the action"), **ERRORS},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def _obj(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+STR = {"type": "string"}
+
+
+def openapi_document(base: str) -> dict[str, Any]:
+    schemas = {
+        "Error": _obj(["status", "error", "message"], status={"type": "integer"}, error=STR, message=STR),
+        "FileInput": _obj(
+            ["path"],
+            path={**STR, "description": "Relative to the workspace root (/workspace)"},
+            role={"enum": ["output", "supporting"], "default": "output"},
+            count_columns={"type": "array", "items": STR},
+        ),
+        "GroupInput": _obj(
+            ["files"],
+            name={**STR, "default": "main"},
+            context=STR,
+            controls=STR,
+            files={"type": "array", "items": _ref("FileInput")},
+        ),
+        "CreateRequest": {
+            "type": "object",
+            "description": "Either 'groups', or 'paths' with 'context' and 'controls' (one group 'main'). "
+            "From a notebook container the project is the container's own and may be omitted.",
+            "properties": {
+                "project": STR,
+                "groups": {"type": "array", "items": _ref("GroupInput")},
+                "paths": {"type": "array", "items": STR},
+                "supporting": {"type": "array", "items": STR},
+                "context": STR,
+                "controls": STR,
+                "provenance": _obj([], image_digest=STR, notebook=STR),
+                "submit": {"type": "boolean", "default": False},
+            },
+        },
+        "CheckResult": _obj(
+            ["check", "outcome"],
+            check=STR,
+            title=STR,
+            outcome={"enum": ["pass", "review", "fail"]},
+            message=STR,
+            source={"enum": ["service", "researcher-acro"]},
+            cell_total={"type": "integer"},
+            cells={
+                "type": "array",
+                "items": _obj([], row={"type": "integer"}, column=STR, value=STR, note=STR),
+            },
+        ),
+        "File": _obj(
+            ["id", "path", "version", "sha256"],
+            id={"type": "integer"},
+            path=STR,
+            version={"type": "integer"},
+            sha256=STR,
+            size={"type": "integer"},
+            role=STR,
+            group=STR,
+            filetype=STR,
+            current={"type": "boolean"},
+            checks=_obj([], outcome=STR, results={"type": "array", "items": _ref("CheckResult")}),
+            votes={"type": "array", "items": _obj([], reviewer=STR, decision=STR, round={"type": "integer"})},
+        ),
+        "Request": _obj(
+            ["id", "project", "author", "status"],
+            id=STR,
+            project=STR,
+            author=STR,
+            status={"enum": STATUSES},
+            round={"type": "integer"},
+            files={"type": "array", "items": _ref("File")},
+            previous_versions={"type": "array", "items": _ref("File")},
+            comments={"type": "array", "items": {"type": "object"}},
+            history={"type": "array", "items": {"type": "object"}},
+            released={"type": "array", "items": {"type": "object"}},
+            actions={"type": "array", "items": STR},
+        ),
+        "RequestSummary": _obj(
+            ["id", "status"],
+            id=STR,
+            project=STR,
+            author=STR,
+            status={"enum": STATUSES},
+            files={"type": "integer"},
+            checks={"type": "object"},
+            reviews_submitted={"type": "integer"},
+            reviewers_required={"type": "integer"},
+        ),
+    }
+    paths = {
+        "/api/requests": {
+            "get": {
+                "summary": "List requests: your own ('mine'), or the review queue ('queue', checkers and admins)",
+                "parameters": [
+                    {"name": "scope", "in": "query", "schema": {"enum": ["mine", "queue"]}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": STR,
+                        "description": "Comma-separated statuses",
+                    },
+                    {"name": "project", "in": "query", "schema": STR},
+                    {"name": "order", "in": "query", "schema": {"enum": ["oldest", "newest"]}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        _obj(
+                            ["items", "total"],
+                            items={"type": "array", "items": _ref("RequestSummary")},
+                            total={"type": "integer"},
+                            offset={"type": "integer"},
+                            limit={"type": "integer"},
+                        ),
+                        "A page of requests",
+                    ),
+                    **ERRORS,
+                },
+            },
+            "post": {
+                "summary": "Create a request from workspace paths (the service reads and freezes the files)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CreateRequest")}},
+                },
+                "responses": {"201": _json(_ref("Request"), "The new request"), **ERRORS},
+            },
+        },
+        "/api/requests/{id}": {
+            "get": _action("One request, as the caller may see it (blinding applies)", None)
+        },
+        "/api/requests/{id}/files": _path_post(
+            _action("Add files or new versions (PENDING or RETURNED)", _ref("CreateRequest"))
+        ),
+        "/api/requests/{id}/remove_file": _path_post(
+            _action("Remove a file (old versions are kept)", _obj(["path"], path=STR))
+        ),
+        "/api/requests/{id}/submit": _path_post(_action("Submit, or resubmit after RETURNED", None)),
+        "/api/requests/{id}/withdraw": _path_post(_action("Withdraw (PENDING or RETURNED)", None)),
+        "/api/requests/{id}/votes": _path_post(
+            _action(
+                "A checker's vote on one file (changeable until the review is submitted)",
+                _obj(
+                    ["decision"],
+                    file_id={"type": "integer"},
+                    path=STR,
+                    decision={"enum": ["approve", "request_changes"]},
+                    comment=STR,
+                    visibility={"enum": ["checkers", "researcher"]},
+                ),
+            )
+        ),
+        "/api/requests/{id}/review": _path_post(
+            _action(
+                "Submit this checker's review; with the last required review the system decides",
+                _obj([], verdict={"enum": ["votes", "reject"], "default": "votes"}),
+            )
+        ),
+        "/api/requests/{id}/return": _path_post(
+            _action("Return early to the researcher, with a reason", _obj(["reason"], reason=STR))
+        ),
+        "/api/requests/{id}/comments": _path_post(
+            _action(
+                "Comment (researchers' comments are always visible to checkers)",
+                _obj(["text"], text=STR, visibility={"enum": ["checkers", "researcher"]}, path=STR),
+            )
+        ),
+        "/api/requests/{id}/revoke": _path_post(
+            _action("Revoke a release (checkers and admins)", _obj(["reason"], reason=STR))
+        ),
+        "/api/requests/{id}/files/{file_id}/content": {
+            "get": {
+                "summary": "The frozen bytes of an image file, for display",
+                "parameters": [
+                    {"$ref": "#/components/parameters/RequestId"},
+                    {"name": "file_id", "in": "path", "required": True, "schema": {"type": "integer"}},
+                ],
+                "responses": {"200": {"description": "image/png"}, **ERRORS},
+            }
+        },
+        "/requests/{id}/download/{file_id}": {
+            "get": {
+                "summary": "Download a released file (the requester only, from a browser session)",
+                "parameters": [
+                    {"$ref": "#/components/parameters/RequestId"},
+                    {"name": "file_id", "in": "path", "required": True, "schema": {"type": "integer"}},
+                ],
+                "responses": {"200": {"description": "The released bytes; header X-Export-SHA256"}, **ERRORS},
+            }
+        },
+        "/api/whoami": {
+            "get": {
+                "summary": "Who the service thinks you are",
+                "responses": {"200": {"description": "identity"}, **ERRORS},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Research enclave export review service", "version": "1"},
+        "servers": [{"url": base.rstrip("/")}],
+        "components": {
+            "schemas": schemas,
+            "parameters": {"RequestId": {"name": "id", "in": "path", "required": True, "schema": STR}},
+            "securitySchemes": {
+                "hubToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "'token <JupyterHub API token>' (a notebook server's own token, "
+                    "or a user token with custom:exports:* scopes)",
+                },
+                "hubOAuth": {"type": "apiKey", "in": "cookie", "name": "service-exports"},
+            },
+        },
+        "security": [{"hubToken": []}, {"hubOAuth": []}],
+        "paths": paths,
+    }
+
+
+def _path_post(op: dict[str, Any]) -> dict[str, Any]:
+    return {"post": op}

@@ -1,0 +1,5 @@
+import sys
+
+from enclave_export.cli import main
+
+sys.exit(main())
