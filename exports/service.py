@@ -10,7 +10,7 @@ service; the enclave adds its own:
     ENCLAVE_EXPORTS_BIND       host:port to listen on (default 127.0.0.1:8082); containers reach the
                                service at their network gateway, so the hub sets e.g. 0.0.0.0:8082
     ENCLAVE_EXPORTS_PROJECTS   "module:function" returning a ProjectDirectory, called with
-                               (state_dir, policy_dir) (default hub.policy:export_project_directory)
+                               (state_dir, policy_dir) (default exports.enclave_policy:project_directory)
 
 The service refuses to start without the audit log: nothing may leave without leaving a trace.
 """
@@ -38,7 +38,7 @@ from exports.web import MAX_BODY_BYTES, make_app
 from exports.workflow import AuditSink, ExportWorkflow, ProvenanceSource
 
 log = logging.getLogger("exports")
-DEFAULT_PROJECTS_FACTORY = "hub.policy:export_project_directory"
+DEFAULT_PROJECTS_FACTORY = "exports.enclave_policy:project_directory"
 AUDIT_RETRY_SECONDS = 10
 RELEASE_RETRY_SECONDS = 60
 

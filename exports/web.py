@@ -17,6 +17,8 @@ import asyncio
 import functools
 import json
 import logging
+import os
+import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +30,7 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuth
 from tornado import web
 
 from exports import inputs, preview
+from hub.runtime import audit_log
 from exports.domain import (
     UNDER_REVIEW_STATES,
     BadRequest,
@@ -395,6 +398,39 @@ def _disposition(kind: str, filename: str) -> str:
 # Pages
 
 
+class SideDoorAPI(APIHandler):
+    """A notebook server reports a refused way out (a download route, an oversized upload).
+
+    The route is closed in the container whatever happens here; this only puts the attempt on the audit
+    trail, under the identity the hub gives the server's token. Reports are rate-limited per server so a
+    hostile notebook cannot flood the trail."""
+
+    LIMIT_PER_MINUTE = 30
+    _recent: dict[str, list[float]] = {}
+
+    async def post(self) -> None:
+        identity = self.require()
+        if not identity.in_container:
+            raise ExportHTTPError(403, "not_container", "only a notebook server's own token reports side doors")
+        body = self.body()
+        route = str(body.get("route", ""))[:200] or "unknown"
+        key = f"{identity.name}/{identity.project}"
+        now = time.monotonic()
+        recent = [t for t in self._recent.get(key, []) if now - t < 60]
+        if len(recent) >= self.LIMIT_PER_MINUTE:
+            raise ExportHTTPError(429, "rate_limited", "too many side-door reports from this server")
+        self._recent[key] = [*recent, now]
+        record = functools.partial(
+            audit_log(os.environ.get("ENCLAVE_STATE_DIR", "/var/lib/enclave")).append,
+            actor=identity.name, action="sidedoor.refused", project=identity.project,
+            target=f"{identity.name}/{identity.project}", outcome="denied",
+            details={"route": route, "path": str(body.get("path", ""))[:500],
+                     "reason": "no way out but the export queue"},
+        )
+        await asyncio.get_running_loop().run_in_executor(self.settings["executor"], record)
+        self.send({"recorded": True}, status=201)
+
+
 class PageHandler(BaseHandler):
     def render_page(self, template: str, **context: Any) -> None:
         env: jinja2.Environment = self.settings["templates"]
@@ -593,6 +629,7 @@ def make_app(
         (base + rf"api/requests/{rid}/([a-z_]+)", RequestActionAPI),
         (base + r"api/openapi.json", OpenAPIHandler),
         (base + r"api/whoami", WhoAmIAPI),
+        (base + r"api/v1/sidedoor", SideDoorAPI),
         (base + r"oauth_callback", OAuthCallback),
         (base + r"queue", QueuePage),
         (base + r"mine", MinePage),

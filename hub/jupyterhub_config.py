@@ -81,6 +81,12 @@ c.JupyterHub.load_roles = enclave_roles() + [
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
     },
     {
+        # Reads a server's image digest for export provenance; no access to users or servers' content.
+        "name": "exports-service",
+        "services": ["exports"],
+        "scopes": ["read:servers", "admin:server_state"],
+    },
+    {
         "name": "enclave-policy",
         "services": ["enclave-policy"],
         "scopes": ["list:users", "read:users", "read:servers", "delete:servers"],
@@ -101,7 +107,8 @@ c.EnclaveSpawner.pull_policy = "never"  # no registry: images are built locally 
 c.EnclaveSpawner.use_internal_ip = True
 c.EnclaveSpawner.cmd = ["jupyterhub-singleuser"]
 # The server's own token: identify itself and report activity, nothing else (see DESIGN.md sec. 8).
-c.EnclaveSpawner.server_token_scopes = ["users:activity!user"]
+# The export service reads the project from the token's own access:servers!server=<user>/<project> scope.
+c.EnclaveSpawner.server_token_scopes = ["users:activity!user", "access:servers!server", "custom:exports:request"]
 c.EnclaveSpawner.start_timeout = 120
 c.EnclaveSpawner.http_timeout = 120
 c.EnclaveSpawner.debug = False
@@ -116,6 +123,21 @@ c.JupyterHub.services = [
             f"--cull-every={os.environ.get('ENCLAVE_CULL_EVERY', '60')}",
             "--cull-named-servers=true", "--remove-named-servers=false",
         ],
+    },
+    {
+        # The export review queue (exports/): the only way out. Containers reach it at their network
+        # gateway on exports_port, which is why it binds every address (the firewall admits only that port).
+        "name": "exports",
+        "url": f"http://127.0.0.1:{site.exports_port}",
+        "command": [sys.executable, "-m", "exports.service"],
+        "environment": {
+            "ENCLAVE_STATE_DIR": str(paths.state_dir),
+            "ENCLAVE_POLICY_DIR": str(paths.policy_dir),
+            "ENCLAVE_EXPORTS_BIND": f"0.0.0.0:{site.exports_port}",
+            **{k: v for k, v in os.environ.items() if k.startswith(("ENCLAVE_AUDIT_", "ENCLAVE_EXPORTS_"))},
+        },
+        "oauth_client_allowed_scopes": ["custom:exports:request", "custom:exports:review", "custom:exports:audit"],
+        "oauth_no_confirm": True,
     },
     {
         # Applies policy changes to running servers within seconds (hub/enforcer.py).

@@ -230,7 +230,7 @@ class HubClient:
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = kwargs.pop("headers", {})
-        xsrf = self.session.cookies.get("_xsrf")
+        xsrf = self.session.cookies.get("_xsrf", path="/hub/")
         if xsrf:
             headers["X-XSRFToken"] = xsrf
         return self.session.request(method, f"{self.hub.url}/hub/api{path}", headers=headers, timeout=60, **kwargs)

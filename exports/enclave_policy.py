@@ -1,0 +1,47 @@
+"""The export service's view of the enclave's project policy (hub/policy.py).
+
+Read at every request through the hub's PolicyStore, so a membership change applies to exports as soon
+as it applies to notebooks, and an invalid policy edit leaves the last good policy in force.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+from exports.projects import ProjectInfo, Thresholds
+from hub.paths import EnclavePaths
+from hub.policy import Project, PolicyStore
+
+
+def project_info(project: Project, paths: EnclavePaths, today: date) -> ProjectInfo:
+    listed = frozenset(m.uid for m in project.members)
+    return ProjectInfo(
+        id=project.id,
+        members=frozenset(uid for uid in listed if project.access_refusal(uid, today) is None),
+        listed=listed,
+        workspace=paths.workspace(project.id),
+        reviewers_required=project.reviewers_required,
+        thresholds=Thresholds(**project.thresholds),
+        max_file_bytes=project.max_file_bytes,
+    )
+
+
+class PolicyProjects:
+    """exports.projects.ProjectDirectory backed by the policy files."""
+
+    def __init__(self, state_dir: Path, policy_dir: Path):
+        self.paths = EnclavePaths(Path(state_dir), Path(policy_dir))
+        self.store = PolicyStore(self.paths.policy_dir, self.paths.state_dir)
+
+    def get(self, project_id: str) -> ProjectInfo | None:
+        project = self.store.current().projects.get(project_id)
+        return None if project is None else project_info(project, self.paths, date.today())
+
+    def all(self) -> list[ProjectInfo]:
+        today = date.today()
+        return [project_info(p, self.paths, today) for p in self.store.current().projects.values()]
+
+
+def project_directory(state_dir, policy_dir) -> PolicyProjects:
+    return PolicyProjects(state_dir, policy_dir)

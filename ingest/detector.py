@@ -1,0 +1,278 @@
+"""The identifier detector: a last guard over every output column, run on the files about to be published.
+
+The spec says what should happen; this checks what did. It reads the staged Parquet files back and looks
+for identifiers that should not be there, whatever the spec said:
+
+- ``rrn``: Korean resident registration numbers, YYMMDD-GNNNNNN with or without the dash, with a real date
+  of birth (not in the future) for the century G implies. The check digit is *not* used: numbers issued
+  since October 2020 have random digits after G. Integer columns are checked too (10-13 digit values,
+  zero-padded back to 13).
+- ``phone``: Korean phone numbers (010-XXXX-XXXX, 02/0XX landlines, 070, +82 forms); integer columns are
+  checked for 010 mobile numbers that lost their leading zero.
+- ``email``: anything shaped like an e-mail address.
+- ``name``: person names from the spec's names files and from the raw columns the spec drops as names,
+  found anywhere inside a text value.
+- ``raw_value``: values of the raw columns the spec drops as addresses, RRNs, phones, e-mails, insurance
+  or record numbers, found as whole values.
+- ``unique_id``: a column that was not pseudonymized but looks like an id: almost every value distinct, or
+  named like an id (``*_id`` that is not ``*_concept_id``).
+- ``free_text``: long, mostly distinct text values.
+
+Any finding blocks publication unless the column's rule waives that detector with a reason. Reports never
+quote a value: examples are shown as shapes (``######-#######``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from ingest.spec import TableSpec
+
+DETECTORS = ("rrn", "phone", "email", "name", "raw_value", "unique_id", "free_text")
+
+RRN = r"(?:^|[^0-9])([0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])-?[0-9][0-9]{6})(?:[^0-9]|$)"
+PHONE = (
+    r"(?:^|[^0-9])(?:(?:\+|00)82[-. ]?0?|0)(?:1[016789]|2|[3-6][1-5]|[57]0)[-. )]?[0-9]{3,4}[-. ]?[0-9]{4}"
+    r"(?:[^0-9]|$)"
+)
+EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+_RRN_CAPTURE = r"([0-9]{2})([0-9]{2})([0-9]{2})-?([0-9])"
+
+UNIQUE_MIN_ROWS = 100
+UNIQUE_RATIO = 0.9
+FREE_TEXT_MIN_LENGTH = 30
+FREE_TEXT_MIN_VALUES = 20
+EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class Finding:
+    table: str
+    column: str
+    detector: str
+    values: int
+    """Distinct offending values (or 1 for a whole-column finding such as unique_id)."""
+    examples: tuple[str, ...]
+    """Shapes of a few offending values, never the values."""
+    detail: str = ""
+    waived: str | None = None
+    """The spec's reason, if the column's rule waives this detector."""
+
+    def describe(self) -> str:
+        shapes = f" e.g. {', '.join(self.examples)}" if self.examples else ""
+        note = f" [waived: {self.waived}]" if self.waived else ""
+        return f"{self.table}.{self.column}: {self.detector}: {self.detail or f'{self.values} value(s)'}{shapes}{note}"
+
+    def as_dict(self) -> dict:
+        return {
+            "table": self.table,
+            "column": self.column,
+            "detector": self.detector,
+            "values": self.values,
+            "examples": list(self.examples),
+            "detail": self.detail,
+            "waived": self.waived,
+        }
+
+
+@dataclass(frozen=True)
+class KnownIdentifiers:
+    """Raw values of the columns the spec drops as direct identifiers: none may reappear in the output."""
+
+    names: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.String))
+    """Person names, searched for anywhere inside text values."""
+    values: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.String))
+    """Whole-value identifiers: addresses, RRNs, phones, e-mails, insurance and record numbers."""
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """``table.column`` -> kind, for the report."""
+
+
+def shape(value: object) -> str:
+    """'900101-1234567' -> '######-#######', '김민준' -> '가가가': what a value looks like, not what it is."""
+    out = []
+    for ch in str(value)[:24]:
+        if ch.isdigit():
+            out.append("#")
+        elif "\uac00" <= ch <= "\ud7a3":
+            out.append("가")
+        elif ch.isalpha():
+            out.append("a")
+        else:
+            out.append(ch)
+    return "".join(out) + ("…" if len(str(value)) > 24 else "")
+
+
+def scan_outputs(outputs: Mapping[str, tuple[Path, TableSpec]], known: KnownIdentifiers) -> list[Finding]:
+    """Every detector over every column of every output file (table name -> (file, its spec)).
+
+    Text detectors run once over the distinct values of all text columns together, so a large list of
+    known raw identifiers is indexed once, not once per column.
+    """
+    texts: list[pl.DataFrame] = []
+    findings: list[Finding] = []
+    for name, (path, table) in outputs.items():
+        lf = pl.scan_parquet(path)
+        schema = lf.collect_schema()
+        rows = lf.select(pl.len()).collect().item()
+        pseudo = {c for c, r in table.columns.items() if r.transform == "pseudonymize"}
+        for column in [c for c, d in schema.items() if d == pl.String]:
+            values = lf.select(pl.col(column).unique().drop_nulls()).collect().to_series()
+            texts.append(pl.DataFrame({"t": name, "c": column, "v": values}, schema=_TEXT_SCHEMA))
+            if column not in pseudo:
+                findings += _shape_findings(name, column, values, rows)
+        integers = [c for c, d in schema.items() if d.is_integer()]
+        findings += _integer_findings(lf, name, integers)
+        findings += _id_findings(lf, name, [c for c in integers if c not in pseudo], rows)
+    if texts:
+        findings += _text_findings(pl.concat(texts), known)
+    return [_waive(f, outputs[f.table][1]) for f in findings]
+
+
+def blocking(findings: Sequence[Finding]) -> list[Finding]:
+    return [f for f in findings if not f.waived]
+
+
+_TEXT_SCHEMA = {"t": pl.String, "c": pl.String, "v": pl.String}
+
+
+def _waive(f: Finding, table: TableSpec) -> Finding:
+    rule = table.columns.get(f.column)
+    if rule is not None and rule.waiver is not None and f.detector in rule.waiver.detectors:
+        return Finding(f.table, f.column, f.detector, f.values, f.examples, f.detail, rule.waiver.reason)
+    return f
+
+
+def _grouped(hits: pl.DataFrame, detector: str, detail: str = "") -> list[Finding]:
+    """One finding per (table, column) among rows (t, c, v) that a detector flagged."""
+    out = []
+    for (table, column), group in hits.group_by(["t", "c"], maintain_order=True):
+        values = group["v"]
+        out.append(
+            Finding(
+                table, column, detector, len(values), tuple(shape(v) for v in values.head(EXAMPLES)), detail
+            )
+        )
+    return out
+
+
+def _text_findings(texts: pl.DataFrame, known: KnownIdentifiers) -> list[Finding]:
+    v = pl.col("v")
+    out = _grouped(texts.filter(rrn_mask(texts["v"])), "rrn")
+    out += _grouped(texts.filter(v.str.contains(PHONE)), "phone")
+    out += _grouped(texts.filter(v.str.contains(EMAIL)), "email")
+    if len(known.names):
+        out += _grouped(texts.filter(v.str.contains_any(known.names.to_list())), "name")
+    if len(known.values):
+        out += _grouped(
+            texts.filter(v.is_in(known.values.implode())),
+            "raw_value",
+            "raw identifier value from a dropped column",
+        )
+    return out
+
+
+def rrn_mask(values: pl.Series) -> pl.Series:
+    """True where a text value holds an RRN-shaped number whose date of birth exists for its century."""
+    frame = pl.DataFrame({"v": values}).with_row_index("i")
+    candidates = frame.filter(pl.col("v").str.contains(RRN))
+    if candidates.is_empty():
+        return pl.Series([False] * len(values), dtype=pl.Boolean)
+    parts = (
+        candidates.select("i", m=pl.col("v").str.extract_all(r"[0-9]{6}-?[0-9]{7}"))
+        .explode("m")
+        .with_columns(pl.col("m").str.extract_groups(_RRN_CAPTURE).alias("g"))
+        .unnest("g")
+        .rename({"1": "yy", "2": "mm", "3": "dd", "4": "g"})
+    )
+    century = (
+        pl.when(pl.col("g").is_in(["1", "2", "5", "6"]))
+        .then(pl.lit("19"))
+        .when(pl.col("g").is_in(["3", "4", "7", "8"]))
+        .then(pl.lit("20"))
+        .otherwise(pl.lit("18"))
+    )
+    born = pl.concat_str(century, "yy", pl.lit("-"), "mm", pl.lit("-"), "dd").str.to_date(
+        "%Y-%m-%d", strict=False
+    )
+    # A date of birth must exist and must not be in the future (a 2099 birth is no one's RRN).
+    valid = parts.filter(born.is_not_null() & (born <= dt.date.today()))["i"].unique()
+    return frame["i"].is_in(valid.implode())
+
+
+def _integer_findings(lf: pl.LazyFrame, table: str, columns: list[str]) -> list[Finding]:
+    """RRNs and 010 mobile numbers stored as numbers lose their leading zeros; pad them back and look.
+    One pass over the file collects the few candidates of every integer column."""
+    if not columns:
+        return []
+    exprs: list[pl.Expr] = []
+    for c in columns:
+        col = pl.col(c)
+        mobile = (col >= 10**9) & (col < 11 * 10**8)  # 010-XXXX-XXXX without its zero
+        # A 010 number without its zero also pads to an RRN of someone born on 1-9 January 2000; it is
+        # reported once, as the phone number it far more likely is.
+        exprs.append(
+            col.filter((col >= 10**9) & (col < 10**13) & ~mobile)
+            .cast(pl.String)
+            .str.zfill(13)
+            .unique()
+            .implode()
+            .alias(f"r{len(exprs)}")
+        )
+        exprs.append(
+            pl.concat_str(pl.lit("0"), col.filter(mobile).cast(pl.String))
+            .unique()
+            .implode()
+            .alias(f"r{len(exprs)}")
+        )
+    found = lf.select(exprs).collect().row(0)
+    out = []
+    for i, c in enumerate(columns):
+        rrn, phone = pl.Series(found[2 * i], dtype=pl.String), pl.Series(found[2 * i + 1], dtype=pl.String)
+        frame = pl.DataFrame({"t": table, "c": c, "v": rrn}, schema=_TEXT_SCHEMA)
+        out += _grouped(frame.filter(rrn_mask(rrn)), "rrn")
+        frame = pl.DataFrame({"t": table, "c": c, "v": phone}, schema=_TEXT_SCHEMA)
+        out += _grouped(frame.filter(pl.col("v").str.contains(PHONE)), "phone")
+    return out
+
+
+def _looks_like_id_name(column: str) -> bool:
+    c = column.lower()
+    return (fnmatch.fnmatchcase(c, "*_id") or c == "id") and not fnmatch.fnmatchcase(c, "*concept_id")
+
+
+def _id_findings(lf: pl.LazyFrame, table: str, columns: list[str], rows: int) -> list[Finding]:
+    """Integer columns left as they were but named like ids, or nearly all distinct."""
+    out = [
+        Finding(table, c, "unique_id", 1, (), "named like an id but not pseudonymized")
+        for c in columns
+        if _looks_like_id_name(c)
+    ]
+    rest = [c for c in columns if not _looks_like_id_name(c)]
+    if rows < UNIQUE_MIN_ROWS or not rest:
+        return out
+    distinct = lf.select(pl.col(c).approx_n_unique() for c in rest).collect().row(0)
+    for c, n in zip(rest, map(int, distinct)):
+        if n / rows >= UNIQUE_RATIO:
+            out.append(Finding(table, c, "unique_id", 1, (), f"about {n} distinct values in {rows} rows"))
+    return out
+
+
+def _shape_findings(table: str, column: str, values: pl.Series, rows: int) -> list[Finding]:
+    out = []
+    if _looks_like_id_name(column):
+        out.append(Finding(table, column, "unique_id", 1, (), "named like an id but not pseudonymized"))
+    elif rows >= UNIQUE_MIN_ROWS and len(values) / rows >= UNIQUE_RATIO:
+        out.append(
+            Finding(table, column, "unique_id", 1, (), f"{len(values)} distinct values in {rows} rows")
+        )
+    if len(values) >= FREE_TEXT_MIN_VALUES:
+        median = float(values.str.len_chars().median() or 0)  # type: ignore[arg-type]
+        if median >= FREE_TEXT_MIN_LENGTH:
+            out.append(Finding(table, column, "free_text", 1, (), f"median length {median:.0f} characters"))
+    return out
