@@ -15,9 +15,12 @@ die() { printf 'deploy: %s\n' "$*" >&2; exit 1; }
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and manages dockerd and iptables)"; }
 
 ensure_packages() {
-  local wanted=(docker.io slapd ldap-utils debootstrap iptables nodejs npm python3 python3-venv ca-certificates curl procps "$@")
+  local wanted=(docker.io slapd ldap-utils debootstrap iptables python3 python3-venv ca-certificates curl procps "$@")
   local missing=()
   for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  # Node.js may come from elsewhere (e.g. NodeSource, whose nodejs conflicts with Debian's npm): only
+  # install Debian's when there is no npm at all.
+  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
   [ ${#missing[@]} -eq 0 ] && return 0
   say "installing Debian packages: ${missing[*]}"
   # slapd's own service is not used (deploy/localldap.py runs ours); do not let postinst start daemons.
@@ -49,12 +52,12 @@ ensure_chp() {
 
 ensure_venv() {
   local stamp="$VENV/.enclave-installed"
-  local want; want="$(cat "$REPO/pyproject.toml" "$REPO/deploy/constraints.txt" 2>/dev/null | sha256sum | cut -c1-16):$REPO"
+  local want; want="$(cat "$REPO/pyproject.toml" "$REPO/deploy/constraints.txt" | sha256sum | cut -c1-16):$REPO"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   say "creating the Python environment $VENV"
   [ -x "$PY" ] || /usr/bin/python3 -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
-  local constraints=(); [ -f "$REPO/deploy/constraints.txt" ] && constraints=(-c "$REPO/deploy/constraints.txt")
-  "$PY" -m pip install -q --disable-pip-version-check -e "$REPO[test]" "${constraints[@]}" || die "pip install failed"
+  "$PY" -m pip install -q --disable-pip-version-check -e "$REPO[test]" -c "$REPO/deploy/constraints.txt" \
+    || die "pip install failed"
   echo "$want" > "$stamp"
 }
 
