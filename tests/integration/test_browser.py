@@ -33,7 +33,6 @@ def test_alice_logs_in_and_works_in_jupyterlab(hub):
         page.wait_for_selector(".jp-LauncherCard", timeout=120_000)
         assert page.locator(".jp-LauncherCard[title*='Terminal']").count() == 0, "terminals are off for demo-cardio"
         browser.close()
-    HubClient(hub, "alice").login()
     alice = HubClient(hub, "alice")
     alice.login()
     alice.stop("demo-cardio")
