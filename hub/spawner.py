@@ -21,11 +21,10 @@ from traitlets import Unicode, default, validate
 from hub import firewall, runtime
 from hub.paths import EnclavePaths
 from hub.policy import Project
+from hub.workspace import WorkspaceError, ensure_workspace
 from hub.security_profile import (
     DATA_ROOT,
     HOME,
-    NOTEBOOK_GID,
-    NOTEBOOK_UID,
     PROTECTED_HOST_CONFIG,
     WORKSPACE,
     Mount,
@@ -158,12 +157,11 @@ class EnclaveSpawner(DockerSpawner):
         return mounts
 
     def ensure_workspace(self, project: Project) -> Path:
-        """The project's shared workspace, owned by the notebook uid so every member can write it."""
-        path = self.paths.workspace(project.id)
-        path.mkdir(parents=True, exist_ok=True)
-        os.chown(path, NOTEBOOK_UID, NOTEBOOK_GID)
-        path.chmod(0o770)
-        return path
+        """The project's shared workspace, owned by the notebook uid, quota'd when the policy says so."""
+        try:
+            return ensure_workspace(self.paths.workspaces_dir, project.id, project.resources.workspace_quota)
+        except WorkspaceError as exc:
+            raise SpawnError(f"Cannot start {project.id}: {exc}") from exc
 
     # ---- engine -------------------------------------------------------------------------------
 

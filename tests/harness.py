@@ -21,6 +21,8 @@ import docker
 import requests
 import yaml
 
+from hub.workspace import release_workspaces
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 IMAGE = os.environ.get("ENCLAVE_TEST_IMAGE", "enclave/notebook:0.1")
@@ -176,6 +178,7 @@ class Hub:
             os.killpg(proxy.pid, signal.SIGTERM)
             proxy.wait(10)
         remove_docker_objects(self.prefix)
+        release_workspaces(self.state / "workspaces")
 
     # ---- docker views -------------------------------------------------------------------------
     def container(self, user: str, project: str):

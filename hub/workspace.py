@@ -1,0 +1,92 @@
+"""Project workspaces on the host: one directory per project, shared by its members (uid 1000).
+
+With a ``workspace_quota`` in the project's resources, the workspace is its own ext4 filesystem in a
+sparse image file, loop-mounted at the workspace path: a full workspace then fails with ENOSPC inside
+that project only, and can never fill the host's disk (where the audit trail and the export stores
+live). A larger quota grows the filesystem at the next spawn that finds no other server of the project
+running (it is grown offline); shrinking is not done, and said so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from hub.security_profile import NOTEBOOK_GID, NOTEBOOK_UID, memory_bytes
+
+log = logging.getLogger("enclave.workspace")
+
+
+class WorkspaceError(RuntimeError):
+    """The workspace could not be prepared; the message names the project and the step."""
+
+
+def _run(*cmd: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise WorkspaceError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip()}")
+
+
+def image_path(workspaces_dir: Path, project: str) -> Path:
+    return workspaces_dir / f".{project}.ext4"
+
+
+def ensure_workspace(workspaces_dir: Path, project: str, quota: str | None) -> Path:
+    """Create (and with a quota, mount or grow) the workspace of ``project``; return its path."""
+    path = workspaces_dir / project
+    path.mkdir(parents=True, exist_ok=True)
+    if quota:
+        _ensure_filesystem(path, image_path(workspaces_dir, project), memory_bytes(quota), project)
+    os.chown(path, NOTEBOOK_UID, NOTEBOOK_GID)
+    path.chmod(0o770)
+    return path
+
+
+def _ensure_filesystem(path: Path, image: Path, size: int, project: str) -> None:
+    if not image.exists():
+        if any(path.iterdir()) and not os.path.ismount(path):
+            raise WorkspaceError(
+                f"workspace of {project} already holds files without a quota; move them aside before "
+                f"giving it a workspace_quota (nothing was changed)"
+            )
+        tmp = image.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.truncate(size)  # sparse: disk is used as the workspace fills
+        _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E",
+             f"root_owner={NOTEBOOK_UID}:{NOTEBOOK_GID},lazy_itable_init=1,lazy_journal_init=1", str(tmp))
+        os.replace(tmp, image)
+    current = image.stat().st_size
+    if size > current and _unmount_if_idle(path):
+        # Grown offline: an online resize of a loop-mounted ext4 is not allowed everywhere.
+        with open(image, "r+b") as fh:
+            fh.truncate(size)
+        _run("e2fsck", "-f", "-p", str(image))
+        _run("resize2fs", "-f", str(image))
+        log.info("workspace of %s grown to %d bytes", project, size)
+    elif size > current:
+        log.warning("workspace of %s stays at %d bytes until its last server stops (in use)", project, current)
+    elif size < current:
+        log.warning("workspace of %s keeps %d bytes: shrinking to %d needs it offline", project, current, size)
+    if not os.path.ismount(path):
+        _run("mount", "-o", "loop,nosuid,nodev", str(image), str(path))
+        lost = path / "lost+found"
+        if lost.is_dir() and not any(lost.iterdir()):
+            lost.rmdir()  # e2fsck recreates it if it ever needs it; researchers need not see it
+
+
+def _unmount_if_idle(path: Path) -> bool:
+    """Unmount a workspace that no running container holds. False when it is in use."""
+    if not os.path.ismount(path):
+        return True
+    return subprocess.run(["umount", str(path)], capture_output=True).returncode == 0
+
+
+def release_workspaces(workspaces_dir: Path) -> None:
+    """Unmount every quota'd workspace under ``workspaces_dir`` (for tests and decommissioning)."""
+    if not workspaces_dir.exists():
+        return
+    for path in workspaces_dir.iterdir():
+        if path.is_dir() and os.path.ismount(path):
+            subprocess.run(["umount", str(path)], check=False)
