@@ -1,4 +1,4 @@
-"""Audit records for hub actions that no spawner or authenticator hook sees: culls and logouts.
+"""Audit records for hub actions that no spawner or authenticator hook sees: culls.
 
 JupyterHub calls its tornado ``log_function`` once per finished request, with the handler; we keep
 JupyterHub's own request log and add the audit record. Spawns, stops and logins are recorded by the
@@ -40,8 +40,6 @@ def audit_request(handler, state_dir: str) -> None:
                 target=f"{match['user']}/{match['server']}",
                 details={"image_digest": getattr(spawner, "image_digest", "") or "unknown", "reason": "idle"},
             )
-    elif path.rstrip("/").endswith("/hub/logout") and who is not None and getattr(who, "kind", "user") == "user":
-        runtime.audit_log(state_dir).append(actor=who.name, action="auth.logout", details={})
 
 
 def audited_log_function(state_dir: str):

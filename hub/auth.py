@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Iterable
 
 from ldap3.core.exceptions import LDAPException
+from jupyterhub.handlers.login import LogoutHandler
 from ldapauthenticator import LDAPAuthenticator
 from tornado import web
 from traitlets import Unicode, default
@@ -63,6 +64,16 @@ def enclave_roles() -> list[dict]:
     ]
 
 
+class AuditedLogoutHandler(LogoutHandler):
+    """JupyterHub's logout, recorded on the audit trail (the user is known only before the cookie goes)."""
+
+    async def default_handle_logout(self):
+        user = self.current_user
+        await super().default_handle_logout()
+        if user is not None:
+            runtime.audit_log(self.authenticator.state_dir).append(actor=user.name, action="auth.logout", details={})
+
+
 class EnclaveAuthenticator(LDAPAuthenticator):
     """LDAPAuthenticator that admits only members of the enclave groups, and audits every attempt."""
 
@@ -111,6 +122,9 @@ class EnclaveAuthenticator(LDAPAuthenticator):
         model["groups"] = groups
         self.record(model["name"], "ok", "password verified by LDAP", groups)
         return model
+
+    def get_handlers(self, app):
+        return [*super().get_handlers(app), ("/logout", AuditedLogoutHandler)]
 
     async def check_allowed(self, username, auth_model):
         # authenticate() already refused everyone outside the enclave groups.

@@ -152,7 +152,7 @@ c.JupyterHub.services = [
 ]
 
 # ---- audit --------------------------------------------------------------------------------------
-# Logins and spawns are audited by the authenticator and the spawner; culls and logouts here.
+# Logins, logouts and spawns are audited by the authenticator and the spawner; culls here.
 from hub.audit_hooks import audited_log_function  # noqa: E402
 
 c.JupyterHub.tornado_settings = {"log_function": audited_log_function(str(paths.state_dir))}
