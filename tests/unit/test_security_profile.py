@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.security_profile import PROTECTED_HOST_CONFIG, Mount, memory_bytes, security_profile
+from hub.security_profile import NPROC_ALL_NOTEBOOKS, PROTECTED_HOST_CONFIG, Mount, memory_bytes, security_profile
 from hub.spawner import EnclaveSpawner
 
 
@@ -24,7 +24,8 @@ def test_host_config_is_locked_down():
     assert hc["mem_limit"] == hc["memswap_limit"] == 2 * 1024**3
     assert hc["cpu_quota"] == 150_000 and hc["cpu_period"] == 100_000
     assert hc["pids_limit"] == 256
-    assert {u["Name"]: u["Hard"] for u in hc["ulimits"]} == {"nofile": 4096, "nproc": 256, "core": 0}
+    # nproc counts every uid-1000 process on the host, so it is a host-wide backstop; pids_limit is per container
+    assert {u["Name"]: u["Hard"] for u in hc["ulimits"]} == {"nofile": 4096, "nproc": NPROC_ALL_NOTEBOOKS, "core": 0}
     assert hc["binds"] == ["/s/data/p/d/1:/data/d:ro", "/s/ws/p:/workspace:rw"]
     assert all("noexec" in o and "nosuid" in o and "nodev" in o and "size=" in o for o in hc["tmpfs"].values())
     assert hc["network_mode"] == "enclave-demo-cardio" and hc["dns"] == ["172.30.0.1"]
