@@ -40,7 +40,7 @@ def ssha(password: str) -> str:
 
 
 def _cert(subject: str, key, issuer_name, issuer_key, *, ca: bool, sans=()):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))

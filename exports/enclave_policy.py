@@ -11,7 +11,7 @@ from pathlib import Path
 
 from exports.projects import ProjectInfo, Thresholds
 from hub.paths import EnclavePaths
-from hub.policy import Project, PolicyStore
+from hub.policy import PolicyStore, Project
 
 
 def project_info(project: Project, paths: EnclavePaths, today: date) -> ProjectInfo:

@@ -23,14 +23,13 @@ import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jinja2
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 
 from exports import inputs, preview
-from hub.runtime import audit_log
 from exports.domain import (
     UNDER_REVIEW_STATES,
     BadRequest,
@@ -45,6 +44,7 @@ from exports.storage import RequestQuery
 from exports.store import StoreCorrupted
 from exports.views import request_view, summary_view
 from exports.workflow import ExportWorkflow
+from hub.runtime import audit_log
 
 log = logging.getLogger("exports.web")
 HERE = Path(__file__).parent
@@ -406,7 +406,7 @@ class SideDoorAPI(APIHandler):
     hostile notebook cannot flood the trail."""
 
     LIMIT_PER_MINUTE = 30
-    _recent: dict[str, list[float]] = {}
+    _recent: ClassVar[dict[str, list[float]]] = {}
 
     async def post(self) -> None:
         identity = self.require()

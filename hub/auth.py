@@ -11,8 +11,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterable
 
-from ldap3.core.exceptions import LDAPException
 from jupyterhub.handlers.login import LogoutHandler
+from ldap3.core.exceptions import LDAPException
 from ldapauthenticator import LDAPAuthenticator
 from tornado import web
 from traitlets import Unicode, default

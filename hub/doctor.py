@@ -97,6 +97,10 @@ class Observed:
 # ---- checks (pure) ------------------------------------------------------------------------------------
 
 
+def count(n: int, thing: str) -> str:
+    return f"{n} {thing}" + ("" if n == 1 else "s")
+
+
 def engine_version_tuple(version: str) -> tuple[int, int, int] | None:
     match = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
     return tuple(int(x) for x in match.groups()) if match else None  # type: ignore[return-value]
@@ -143,8 +147,8 @@ def check_engine(obs: Observed) -> Check:
         "engine",
         True,
         f"Docker {version} predates the CVE-2024-29018 fix (23.0.11/25.0.5/26.0.0); "
-        f"mitigated: the firewall chain is in place and all {len(obs.containers)} enclave containers "
-        "resolve through their network gateway, which rejects DNS",
+        f"mitigated: the firewall chain is in place and every enclave container "
+        f"({len(obs.containers)}) resolves through its network gateway, which rejects DNS",
     )
 
 
@@ -159,7 +163,7 @@ def check_firewall(obs: Observed) -> Check:
         "firewall",
         True,
         f"{firewall.CHAIN} jumped from INPUT (iptables and ip6tables); "
-        f"{len(obs.networks)} enclave bridges admit only tcp {ports[0]} (hub) and {ports[1]} (exports)",
+        f"{count(len(obs.networks), 'enclave bridge')} admitting only tcp {ports[0]} (hub) and {ports[1]} (exports)",
     )
 
 
@@ -179,7 +183,7 @@ def check_networks(obs: Observed) -> Check:
     return Check(
         "networks",
         True,
-        f"{len(obs.networks)} project networks, all internal; "
+        f"{count(len(obs.networks), 'project network')}, all internal; "
         "every enclave container is on its project network only",
     )
 
@@ -191,7 +195,9 @@ def check_containers(obs: Observed) -> Check:
     if problems:
         return Check("profile", False, "; ".join(problems))
     return Check(
-        "profile", True, f"{len(obs.containers)} running enclave containers match the security profile"
+        "profile",
+        True,
+        f"{count(len(obs.containers), 'running enclave container')} checked: all match the security profile",
     )
 
 
@@ -218,7 +224,7 @@ def check_images(obs: Observed) -> Check:
     return Check(
         "image",
         True,
-        f"{len(obs.containers)} running containers run the site image "
+        f"{count(len(obs.containers), 'running container')} checked: all run the site image "
         f"{obs.site.image} ({obs.site_image_id[7:19]})",
     )
 
@@ -255,7 +261,9 @@ def check_keys(obs: Observed) -> Check:
         return Check("keys", False, "; ".join(problems))
     audit = "audit keys present" if len(obs.audit_files) > 1 else "no audit records yet"
     return Check(
-        "keys", True, f"{obs.secrets[0].path} is 0700 and its {len(obs.secrets) - 1} files 0600; {audit}"
+        "keys",
+        True,
+        f"{obs.secrets[0].path} is 0700 and its {count(len(obs.secrets) - 1, 'file')} 0600; {audit}",
     )
 
 

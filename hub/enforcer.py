@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import requests
@@ -82,7 +82,7 @@ class Enforcer:
 
     def _status(self, fingerprint, ok: bool, problems: str) -> None:
         status = {"fingerprint": [list(x) for x in fingerprint], "ok": ok, "problems": problems,
-                  "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                  "at": datetime.now(UTC).isoformat(timespec="seconds")}
         target = self.paths.hub_dir / "policy-status.json"
         fd, tmp = tempfile.mkstemp(dir=self.paths.hub_dir, prefix=".policy-status.")
         with os.fdopen(fd, "w") as fh:

@@ -8,10 +8,10 @@ import os
 import ssl
 import sys
 
+from hub import runtime
 from hub.auth import ENCLAVE_GROUPS, EnclaveAuthenticator, enclave_roles, group_dn
 from hub.home import project_rows
 from hub.paths import REPO_ROOT, EnclavePaths
-from hub import runtime
 from hub.policy import PolicyError
 from hub.spawner import EnclaveSpawner
 
@@ -153,6 +153,6 @@ c.JupyterHub.services = [
 
 # ---- audit --------------------------------------------------------------------------------------
 # Logins, logouts and spawns are audited by the authenticator and the spawner; culls here.
-from hub.audit_hooks import audited_log_function  # noqa: E402
+from hub.audit_hooks import audited_log_function
 
 c.JupyterHub.tornado_settings = {"log_function": audited_log_function(str(paths.state_dir))}

@@ -13,7 +13,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import docker
 from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Unicode, default, validate
@@ -21,7 +20,6 @@ from traitlets import Unicode, default, validate
 from hub import firewall, runtime
 from hub.paths import EnclavePaths
 from hub.policy import Project
-from hub.workspace import WorkspaceError, ensure_workspace
 from hub.security_profile import (
     DATA_ROOT,
     HOME,
@@ -30,6 +28,7 @@ from hub.security_profile import (
     Mount,
     security_profile,
 )
+from hub.workspace import WorkspaceError, ensure_workspace
 
 ACCREDITED_GROUP = "enclave-researchers"
 
@@ -96,7 +95,7 @@ class EnclaveSpawner(DockerSpawner):
     def _refuse_profile_overrides(self, proposal):
         value = proposal["value"]
         if callable(value):
-            raise ValueError(f"EnclaveSpawner.{proposal['trait'].name} may not be a callable: it would bypass the profile")
+            raise TypeError(f"EnclaveSpawner.{proposal['trait'].name} may not be a callable: it would bypass the profile")
         clash = sorted(set(value) & (PROTECTED_HOST_CONFIG | {"host_config", "image", "user", "volumes"}))
         if clash:
             raise ValueError(

@@ -24,7 +24,7 @@ class WorkspaceError(RuntimeError):
 
 
 def _run(*cmd: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise WorkspaceError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip()}")
 
@@ -80,7 +80,7 @@ def _unmount_if_idle(path: Path) -> bool:
     """Unmount a workspace that no running container holds. False when it is in use."""
     if not os.path.ismount(path):
         return True
-    return subprocess.run(["umount", str(path)], capture_output=True).returncode == 0
+    return subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode == 0
 
 
 def release_workspaces(workspaces_dir: Path) -> None:

@@ -67,7 +67,7 @@ class Directory:
     def dir(self) -> Path:
         return self.root / "ldap"
 
-    def start(self) -> "Directory":
+    def start(self) -> Directory:
         subprocess.run([PYTHON, REPO / "deploy/localldap.py", "start", "--dir", self.dir, "--port", str(self.port)],
                        check=True)
         return self
@@ -102,7 +102,7 @@ class Hub:
         env.update(self.env_extra)
         return env
 
-    def prepare(self) -> "Hub":
+    def prepare(self) -> Hub:
         shutil.copytree(REPO / "policies", self.policy, dirs_exist_ok=True)
         site = yaml.safe_load((self.policy / "site.yaml").read_text())
         self.site_image = IMAGE if ":" in IMAGE else f"{IMAGE}:latest"
@@ -127,10 +127,10 @@ class Hub:
         publish_demo_data(self.state, self.policy)
         return self
 
-    def start(self, timeout: float = 60) -> "Hub":
+    def start(self, timeout: float = 60) -> Hub:
         if "proxy" not in self.procs or self.procs["proxy"].poll() is not None:
             self.start_proxy()
-        log = open(self.state / "logs" / "hub.log", "ab")
+        log = open(self.state / "logs" / "hub.log", "ab")  # noqa: SIM115 -- the hub process keeps it
         self.procs["hub"] = subprocess.Popen(
             [str(Path(PYTHON).parent / "jupyterhub"), "-f", str(REPO / "hub/jupyterhub_config.py")],
             cwd=self.state / "hub", env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -140,7 +140,7 @@ class Hub:
 
     def start_proxy(self) -> None:
         token = (self.state / "secrets" / "proxy_auth_token").read_text()
-        log = open(self.state / "logs" / "proxy.log", "ab")
+        log = open(self.state / "logs" / "proxy.log", "ab")  # noqa: SIM115 -- the proxy process keeps it
         self.procs["proxy"] = subprocess.Popen(
             [CHP, "--ip", "127.0.0.1", "--port", str(self.public_port), "--api-ip", "127.0.0.1",
              "--api-port", str(self.api_port), "--error-target", f"http://127.0.0.1:{self.hub_port}/hub/error",

@@ -119,7 +119,7 @@ def test_user_options_cannot_choose_image_mounts_or_network(hub):
 
 def test_no_route_out(alice_server):
     _, container = alice_server
-    code, out = py_exec(container, """
+    _, out = py_exec(container, """
 import socket
 s = socket.socket(); s.settimeout(5)
 try:

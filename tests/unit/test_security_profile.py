@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from hub.security_profile import NPROC_ALL_NOTEBOOKS, PROTECTED_HOST_CONFIG, Mount, memory_bytes, security_profile
+from hub.security_profile import (
+    NPROC_ALL_NOTEBOOKS,
+    PROTECTED_HOST_CONFIG,
+    Mount,
+    memory_bytes,
+    security_profile,
+)
 from hub.spawner import EnclaveSpawner
 
 
