@@ -36,7 +36,7 @@ ensure_dockerd() {
   if [ -d /run/systemd/system ]; then
     systemctl start docker || die "systemctl start docker failed: see journalctl -u docker"
   else
-    nohup dockerd >/var/log/enclave-dockerd.log 2>&1 &
+    setsid nohup dockerd </dev/null >/var/log/enclave-dockerd.log 2>&1 &
   fi
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
   die "the Docker engine did not come up within 60 s (see /var/log/enclave-dockerd.log or journalctl -u docker)"
