@@ -8,7 +8,7 @@ import os
 import ssl
 import sys
 
-from hub import runtime
+from hub import firewall, runtime
 from hub.auth import ENCLAVE_GROUPS, EnclaveAuthenticator, enclave_roles, group_dn
 from hub.home import project_rows
 from hub.paths import REPO_ROOT, EnclavePaths
@@ -24,6 +24,12 @@ except PolicyError as exc:
     # Refuse to start on an invalid policy rather than guess: nothing is running yet to keep serving.
     sys.exit(f"enclave: the policy in {paths.policy_dir} is invalid, the hub will not start:\n{exc}")
 site = store.current().site
+# Close every existing project network before anything can run on it: dockerd keeps networks across a
+# reboot, iptables does not. Spawns install the rules of their own network again (hub/firewall.py).
+try:
+    firewall.ensure_existing(site.network_prefix, [site.hub_port, site.exports_port])
+except firewall.FirewallError as exc:
+    sys.exit(f"enclave: the host firewall cannot be set, the hub will not start: {exc}")
 
 
 def secret(name: str) -> str:

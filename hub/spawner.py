@@ -200,7 +200,9 @@ class EnclaveSpawner(DockerSpawner):
             )
             net = client.inspect_network(net["Id"])
         site = self.policy_store.current().site
-        firewall.ensure_bridge(bridge_name(name), [site.hub_port, site.exports_port])
+        # The bridge the network really has: a network made elsewhere (by hand, by an older version) has
+        # Docker's br-<id>, and rules for our own name would leave that bridge open to the host.
+        firewall.ensure_bridge(firewall.network_bridge(net), [site.hub_port, site.exports_port])
         return net
 
     async def ensure_network(self, project: Project) -> str:

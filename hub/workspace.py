@@ -70,7 +70,7 @@ def _ensure_filesystem(path: Path, image: Path, size: int, project: str) -> None
     elif size < current:
         log.warning("workspace of %s keeps %d bytes: shrinking to %d needs it offline", project, current, size)
     if not os.path.ismount(path):
-        _run("mount", "-o", "loop,nosuid,nodev", str(image), str(path))
+        _run("mount", "-o", "loop,nosuid,nodev,noexec", str(image), str(path))
         lost = path / "lost+found"
         if lost.is_dir() and not any(lost.iterdir()):
             lost.rmdir()  # e2fsck recreates it if it ever needs it; researchers need not see it

@@ -194,7 +194,6 @@ class Hub:
 def remove_docker_objects(prefix: str) -> None:
     """Remove containers and networks (and their firewall rules) that a test hub created."""
     from hub import firewall
-    from hub.spawner import bridge_name
 
     client = docker.from_env()
     for container in client.containers.list(all=True):
@@ -202,8 +201,9 @@ def remove_docker_objects(prefix: str) -> None:
             container.remove(force=True)
     for network in client.networks.list():
         if network.name.startswith(prefix):
+            bridge = firewall.network_bridge(network.attrs)  # the real bridge, also for a br-<id> network
             network.remove()
-            firewall.remove_bridge(bridge_name(network.name))
+            firewall.remove_bridge(bridge)
 
 
 def publish_demo_data(state: Path, policy: Path) -> None:

@@ -13,6 +13,7 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.services.contents.largefilemanager import LargeFileManager
 from jupyter_server.utils import url_path_join
 from tornado import web
+from tornado.ioloop import IOLoop
 from traitlets import Integer
 
 REFUSAL = "This enclave has no download route. Results leave only through an export request (enclave-export)."
@@ -31,8 +32,8 @@ def report_refusal(route: str, path: str) -> None:
     )
     try:
         urllib.request.urlopen(req, timeout=2).close()
-    except Exception:
-        pass
+    except (OSError, ValueError):
+        return  # the refusal stands and is in the server log; the audit record is the export service's job
 
 
 class RefusedHandler(JupyterHandler):
@@ -44,7 +45,8 @@ class RefusedHandler(JupyterHandler):
     def _refuse(self, *args, **kwargs):
         route = self.request.path
         self.log.warning("enclave: refused side-door request %s %s", self.request.method, route)
-        report_refusal(self.request.method + " " + route.split("?", 1)[0], route)
+        # In a worker thread: a slow or absent export service must not stall this server's event loop.
+        IOLoop.current().run_in_executor(None, report_refusal, self.request.method + " " + route.split("?", 1)[0], route)
         raise web.HTTPError(403, REFUSAL)
 
     get = post = put = delete = patch = head = _refuse
@@ -53,14 +55,26 @@ class RefusedHandler(JupyterHandler):
         return  # refuse with 403 REFUSAL rather than an xsrf error, so the log says what happened
 
 
+def model_size(model: dict) -> int:
+    """Bytes a contents-API save would write. A notebook is counted too: its outputs and attachments can
+    carry any file as base64, so leaving it out would make "upload a notebook" a way around the cap."""
+    content = model.get("content")
+    if content is None:
+        return 0
+    if model.get("type") == "notebook" or not isinstance(content, str):
+        return len(json.dumps(content))
+    if model.get("format") == "base64":
+        return len(content) * 3 // 4
+    return len(content.encode("utf-8", errors="replace"))
+
+
 class CappedContentsManager(LargeFileManager):
     """Refuses uploads larger than the cap, counting every chunk of a chunked upload."""
 
     upload_cap_bytes = Integer(10 * 1024 * 1024, config=True, help="Largest file a researcher may upload.")
 
     def save(self, model, path=""):
-        content = model.get("content") or ""
-        size = len(content) * 3 // 4 if model.get("format") == "base64" else len(content.encode() if isinstance(content, str) else b"")
+        size = model_size(model)
         chunk = model.get("chunk")
         if chunk is not None and chunk != 1:
             try:

@@ -18,7 +18,10 @@ c.ServerApp.contents_manager_class = "enclave_lockdown.CappedContentsManager"
 
 # Uploads: one request body, and the sum of a chunked upload, are capped.
 UPLOAD_CAP = int(os.environ.get("ENCLAVE_UPLOAD_CAP_BYTES", str(10 * 1024 * 1024)))
-c.ServerApp.max_body_size = UPLOAD_CAP + 1024 * 1024  # room for JSON/base64 framing of one chunk
+# The body limit must leave room for base64 (4/3) and JSON framing: below that, tornado drops the
+# connection before CappedContentsManager sees the upload, so the researcher gets a proxy 503 instead of
+# the 413 below and nothing is logged (found by tests/integration/test_attacks.py).
+c.ServerApp.max_body_size = UPLOAD_CAP * 4 // 3 + 1024 * 1024
 c.CappedContentsManager.upload_cap_bytes = UPLOAD_CAP
 
 # Terminals only where the project policy allows them (set by the spawner, not the user).
