@@ -240,11 +240,6 @@ def test_tcp_to_an_outside_address_is_rejected(enclave, target):
     assert result == REJECTED, f"{target}: {result}"
 
 
-def host_addresses() -> set[str]:
-    out = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, check=True).stdout
-    return {a["local"] for link in json.loads(out) for a in link.get("addr_info", [])}
-
-
 def test_udp_dns_to_the_hosts_own_resolver_fails(enclave):
     """Control: ENCLAVE-INPUT (a resolver on the host) or DOCKER-USER (off the host): a query never arrives.
 
@@ -253,7 +248,7 @@ def test_udp_dns_to_the_hosts_own_resolver_fails(enclave):
     same forwarded path off the bridge and stands in for it."""
     servers = host_nameservers()
     assert servers, "the host has no IPv4 nameserver in /etc/resolv.conf to attack"
-    local = host_addresses()
+    local = set(host_addresses(enclave_bridges=True))
     targets = [s for s in servers if s in local or ipaddress.ip_address(s).is_loopback]
     if len(targets) < len(servers):
         targets.append("192.0.2.53")
