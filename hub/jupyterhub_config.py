@@ -43,10 +43,11 @@ def secret(name: str) -> str:
 
 # ---- processes and addresses -----------------------------------------------------------------
 c.JupyterHub.bind_url = site.public_url
-# The hub API listens on every address because each project network reaches it at its own gateway;
-# the host firewall (hub/firewall.py) admits enclave bridges to this port and nothing else.
-c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{site.hub_port}"
-c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{site.hub_port}"
+# The hub listens on loopback only. Containers reach it through the gate (hub/gate.py, a service below)
+# on hub_port of their network's gateway, which passes only the notebook server's own API calls; the
+# host firewall (hub/firewall.py) admits enclave bridges to that port and the export port, nothing else.
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{site.hub_internal_port}"
+c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{site.hub_internal_port}"
 c.JupyterHub.db_url = f"sqlite:///{paths.hub_dir / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(paths.secret("cookie_secret"))
 c.JupyterHub.pid_file = str(paths.hub_dir / "jupyterhub.pid")
@@ -144,6 +145,17 @@ c.JupyterHub.services = [
         },
         "oauth_client_allowed_scopes": ["custom:exports:request", "custom:exports:review", "custom:exports:audit"],
         "oauth_no_confirm": True,
+    },
+    {
+        # The hub as containers see it: four API routes, no login, no tokens (hub/gate.py).
+        "name": "enclave-gate",
+        "command": [sys.executable, "-m", "hub.gate"],
+        "environment": {
+            "ENCLAVE_STATE_DIR": str(paths.state_dir),
+            "ENCLAVE_GATE_BIND": f"0.0.0.0:{site.hub_port}",
+            "ENCLAVE_HUB_UPSTREAM": f"http://127.0.0.1:{site.hub_internal_port}",
+            **{k: v for k, v in os.environ.items() if k.startswith("ENCLAVE_AUDIT_")},
+        },
     },
     {
         # Applies policy changes to running servers within seconds (hub/enforcer.py).

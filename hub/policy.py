@@ -135,6 +135,7 @@ class Site:
     network_prefix: str
     public_url: str
     hub_port: int
+    hub_internal_port: int
     proxy_api_port: int
     exports_port: int
     idle_timeout_seconds: int
@@ -225,6 +226,7 @@ def build_site(doc: Mapping[str, Any], state_dir: Path) -> Site:
         network_prefix=doc.get("network_prefix", "enclave-"),
         public_url=doc.get("public_url", "http://127.0.0.1:8000"),
         hub_port=doc.get("hub_port", 8081),
+        hub_internal_port=doc.get("hub_internal_port", 8091),
         proxy_api_port=doc.get("proxy_api_port", 8001),
         exports_port=doc.get("exports_port", 8082),
         idle_timeout_seconds=doc.get("idle_timeout_seconds", 3600),
@@ -340,12 +342,21 @@ class PolicyStore:
         except PolicyError as exc:
             # A hub restarted after a bad hand edit keeps serving the policy it last applied (written by
             # hub/enforcer.py); with nothing applied yet it refuses to start rather than guess.
-            applied = state_dir / "hub" / "policy-applied"
-            if not (applied / "site.yaml").exists():
+            applied = self._applied()
+            if applied is None:
                 raise
-            self._policy = load_policy(applied, state_dir)
+            self._policy = applied
             self.last_error = exc
-            log.error("policy on disk is invalid; serving the last applied policy from %s:\n%s", applied, exc)
+            log.error("policy on disk is invalid; serving the last applied policy:\n%s", exc)
+
+    def _applied(self) -> Policy | None:
+        """The policy hub/enforcer.py last applied (its snapshot), so that the hub and the enforcer agree
+        on the last good policy even if the hub saw none of the valid edits in between."""
+        applied = self.state_dir / "hub" / "policy-applied"
+        try:
+            return load_policy(applied, self.state_dir) if (applied / "site.yaml").exists() else None
+        except PolicyError:
+            return None
 
     def current(self) -> Policy:
         """The newest valid policy. Call it at every decision; it costs a few stat() calls."""
@@ -363,6 +374,9 @@ class PolicyStore:
         except PolicyError as exc:
             self.last_error = exc
             log.error("policy change refused, keeping the last good policy:\n%s", exc)
+            applied = self._applied()
+            if applied is not None:
+                self._policy = applied
             return False
         self._policy, self.last_error = policy, None
         log.info("policy reloaded: %d projects, %d datasets", len(policy.projects), len(policy.datasets))

@@ -120,6 +120,11 @@ class EnclaveSpawner(DockerSpawner):
             raise SpawnRefused("Choose a project: each notebook server belongs to one project.")
         unexpected = sorted(set(self.user_options or {}) - {"profile"})
         if unexpected:
+            # JupyterHub keeps user_options for the next spawn: forget refused ones, or they stick.
+            self.user_options = {}
+            if self.orm_spawner is not None:
+                self.orm_spawner.user_options = {}
+                self.db.commit()
             raise SpawnRefused(
                 f"Spawn options are not accepted ({', '.join(unexpected)}): the image, mounts and network "
                 "come from the project policy.",

@@ -23,9 +23,9 @@ class WorkspaceError(RuntimeError):
     """The workspace could not be prepared; the message names the project and the step."""
 
 
-def _run(*cmd: str) -> None:
+def _run(*cmd: str, ok: tuple[int, ...] = (0,)) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         raise WorkspaceError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip()}")
 
 
@@ -62,7 +62,7 @@ def _ensure_filesystem(path: Path, image: Path, size: int, project: str) -> None
         # Grown offline: an online resize of a loop-mounted ext4 is not allowed everywhere.
         with open(image, "r+b") as fh:
             fh.truncate(size)
-        _run("e2fsck", "-f", "-p", str(image))
+        _run("e2fsck", "-f", "-p", str(image), ok=(0, 1))  # 1: corrected (e.g. recreated lost+found)
         _run("resize2fs", "-f", str(image))
         log.info("workspace of %s grown to %d bytes", project, size)
     elif size > current:

@@ -88,7 +88,10 @@ class Hub:
     def __post_init__(self):
         self.state = self.root / f"state-{self.name}"
         self.policy = self.root / f"policy-{self.name}"
-        self.public_port, self.hub_port, self.api_port, self.exports_port = (free_port() for _ in range(4))
+        ports = set()
+        while len(ports) < 5:  # five distinct free ports
+            ports.add(free_port())
+        self.public_port, self.hub_port, self.hub_internal_port, self.api_port, self.exports_port = ports
         self.prefix = f"{self.name}-"
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -111,6 +114,7 @@ class Hub:
             network_prefix=self.prefix,
             public_url=self.url,
             hub_port=self.hub_port,
+            hub_internal_port=self.hub_internal_port,
             proxy_api_port=self.api_port,
             exports_port=self.exports_port,
         )
@@ -143,7 +147,7 @@ class Hub:
         log = open(self.state / "logs" / "proxy.log", "ab")  # noqa: SIM115 -- the proxy process keeps it
         self.procs["proxy"] = subprocess.Popen(
             [CHP, "--ip", "127.0.0.1", "--port", str(self.public_port), "--api-ip", "127.0.0.1",
-             "--api-port", str(self.api_port), "--error-target", f"http://127.0.0.1:{self.hub_port}/hub/error",
+             "--api-port", str(self.api_port), "--error-target", f"http://127.0.0.1:{self.hub_internal_port}/hub/error",
              "--log-level", "warn"],
             env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
