@@ -15,19 +15,31 @@ die() { printf 'deploy: %s\n' "$*" >&2; exit 1; }
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and manages dockerd and iptables)"; }
 
 ensure_packages() {
-  local wanted=(docker.io slapd ldap-utils debootstrap iptables python3 python3-venv ca-certificates curl procps "$@")
+  local wanted=(slapd ldap-utils debootstrap iptables python3 python3-venv ca-certificates curl procps e2fsprogs "$@")
   local missing=()
   for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  # Any Docker engine will do (Debian's docker.io, or Docker CE already there).
+  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
   # Node.js may come from elsewhere (e.g. NodeSource, whose nodejs conflicts with Debian's npm): only
   # install Debian's when there is no npm at all.
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
   [ ${#missing[@]} -eq 0 ] && return 0
   say "installing Debian packages: ${missing[*]}"
   # slapd's own service is not used (deploy/localldap.py runs ours); do not let postinst start daemons.
+  local saved=""; [ -e /usr/sbin/policy-rc.d ] && saved="$(mktemp)" && cp -p /usr/sbin/policy-rc.d "$saved"
+  restore() { if [ -n "$saved" ]; then mv "$saved" /usr/sbin/policy-rc.d; else rm -f /usr/sbin/policy-rc.d; fi; }
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
-  apt-get update -qq || die "apt-get update failed: are Debian's package mirrors reachable?"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || { rm -f /usr/sbin/policy-rc.d; die "apt-get install ${missing[*]} failed"; }
-  rm -f /usr/sbin/policy-rc.d
+  apt-get update -qq || { restore; die "apt-get update failed: are Debian's package mirrors reachable?"; }
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || { restore; die "apt-get install ${missing[*]} failed"; }
+  restore
+  # Debian's own slapd service would listen on every address after a reboot; the enclave runs its own.
+  if [ -d /run/systemd/system ]; then systemctl disable --now slapd >/dev/null 2>&1 || true; fi
+}
+
+ensure_loop_devices() {
+  # Workspace quotas are loop-mounted ext4 filesystems (hub/workspace.py).
+  [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
+  [ -e /dev/loop-control ] || die "no loop devices (/dev/loop-control): workspace quotas need them (modprobe loop)"
 }
 
 ensure_dockerd() {

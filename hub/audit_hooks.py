@@ -1,4 +1,5 @@
-"""Audit records for hub actions that no spawner or authenticator hook sees: culls.
+"""Audit records for hub actions that no spawner or authenticator hook sees: who stopped a server that is
+not their own (the idle culler, an administrator, the policy enforcer).
 
 JupyterHub calls its tornado ``log_function`` once per finished request, with the handler; we keep
 JupyterHub's own request log and add the audit record. Spawns, stops and logins are recorded by the
@@ -30,16 +31,19 @@ def audit_request(handler, state_dir: str) -> None:
     status = handler.get_status()
     who = requester(handler)
     path = request.path
-    if request.method == "DELETE" and status in (202, 204) and who is not None and getattr(who, "kind", "") == "service":
-        match = SERVER_DELETE.match(path)
-        if match and who.name == CULLER:
-            user = handler.find_user(match["user"])
-            spawner = user.spawners.get(match["server"]) if user is not None else None
-            runtime.audit_log(state_dir).append(
-                actor=CULLER, action="server.cull", project=match["server"],
-                target=f"{match['user']}/{match['server']}",
-                details={"image_digest": getattr(spawner, "image_digest", "") or "unknown", "reason": "idle"},
-            )
+    match = SERVER_DELETE.match(path) if request.method == "DELETE" and status in (202, 204) else None
+    if match is None or who is None or (getattr(who, "kind", "user") == "user" and who.name == match["user"]):
+        return  # not a stop, or the owner's own (the spawner records that one)
+    user = handler.find_user(match["user"])
+    spawner = user.spawners.get(match["server"]) if user is not None else None
+    digest = getattr(spawner, "image_digest", "") or "unknown"
+    target = f"{match['user']}/{match['server']}"
+    if getattr(who, "kind", "") == "service" and who.name == CULLER:
+        runtime.audit_log(state_dir).append(actor=CULLER, action="server.cull", project=match["server"],
+                                            target=target, details={"image_digest": digest, "reason": "idle"})
+    else:  # an administrator or a service stopped someone else's server: name who did it
+        runtime.audit_log(state_dir).append(actor=who.name, action="server.stop", project=match["server"],
+                                            target=target, details={"image_digest": digest, "stopped_by": who.name})
 
 
 def audited_log_function(state_dir: str):

@@ -11,9 +11,11 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterable
 
+import ldap3
 from jupyterhub.handlers.login import LogoutHandler
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPBindError, LDAPException
 from ldapauthenticator import LDAPAuthenticator
+from ldapauthenticator.ldapauthenticator import TlsStrategy
 from tornado import web
 from traitlets import Unicode, default
 
@@ -122,6 +124,18 @@ class EnclaveAuthenticator(LDAPAuthenticator):
         model["groups"] = groups
         self.record(model["name"], "ok", "password verified by LDAP", groups)
         return model
+
+    def get_connection(self, userdn, password):
+        """ldapauthenticator's bind, with time limits: the bind runs on the hub's event loop, so a directory
+        that accepts connections and never answers must not freeze the hub."""
+        use_ssl = self.tls_strategy == TlsStrategy.on_connect
+        server = ldap3.Server(self.server_address, port=self.server_port, use_ssl=use_ssl,
+                              tls=ldap3.Tls(**self.tls_kwargs), connect_timeout=5)
+        auto_bind = ldap3.AUTO_BIND_TLS_BEFORE_BIND if self.tls_strategy == TlsStrategy.before_bind else ldap3.AUTO_BIND_NO_TLS
+        try:
+            return ldap3.Connection(server, user=userdn, password=password, auto_bind=auto_bind, receive_timeout=10)
+        except LDAPBindError:
+            return None  # wrong password or no such user: authenticate() records the refusal
 
     def get_handlers(self, app):
         return [*super().get_handlers(app), ("/logout", AuditedLogoutHandler)]

@@ -38,10 +38,9 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     for module_name in ("audit.cli", "ingest.cli", "hub.provision", "exports.cli", "hub.doctor"):
         try:
             module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # that concern is not installed in this build
-            raise
+        except ImportError as exc:  # that concern, or a library it needs, is not installed here
+            print(f"enclave: {module_name} unavailable ({exc}); its commands are left out", file=sys.stderr)
+            continue
         registrars.append(module.register)
     return registrars
 

@@ -24,7 +24,7 @@ import requests
 from hub import runtime
 from hub.auth import RESEARCHERS
 from hub.paths import EnclavePaths
-from hub.policy import Policy, PolicyError, load_policy, policy_fingerprint
+from hub.policy import Policy, PolicyError, PolicyStore, load_policy, policy_fingerprint
 
 log = logging.getLogger("enclave.enforcer")
 ACTOR = "enclave-policy"
@@ -62,6 +62,8 @@ class Enforcer:
             policy = load_policy(self.paths.policy_dir, self.paths.state_dir)
         except PolicyError as exc:
             log.error("policy change refused, keeping the last good policy:\n%s", exc)
+            if self.policy is None:  # started on a bad edit: enforce what was last applied, as the hub does
+                self.policy = PolicyStore(self.paths.policy_dir, self.paths.state_dir).current()
             self._status(fingerprint, ok=False, problems=str(exc))
             self.audit.append(actor=ACTOR, action="policy.change", target="policies", outcome="error",
                               details={"change": "reload", "files": changed, "reason": str(exc)[:4000]})
@@ -107,15 +109,29 @@ class Enforcer:
         if self.policy is None:
             return
         today = date.today()
-        response = self.session.get(f"{self.api_url}/users", params={"state": "active"}, timeout=10)
-        response.raise_for_status()
-        for user in response.json():
+        for user in self.active_users():
             for name, server in (user.get("servers") or {}).items():
                 if not name or server.get("stopped") or server.get("pending") == "stop":
                     continue
                 reason = refusal(self.policy, user, name, today)
                 if reason:
                     self.stop(user["name"], name, reason)
+
+    def active_users(self):
+        """Every user with an active server, page by page (the hub answers at most a page at a time)."""
+        offset = 0
+        while True:
+            response = self.session.get(
+                f"{self.api_url}/users", params={"state": "active", "offset": offset, "limit": 200},
+                headers={"Accept": "application/jupyterhub-pagination+json"}, timeout=10,
+            )
+            response.raise_for_status()
+            page = response.json()
+            yield from page["items"]
+            following = page["_pagination"].get("next")
+            if not following:
+                return
+            offset = following["offset"]
 
     def stop(self, user: str, server: str, reason: str) -> None:
         response = self.session.delete(f"{self.api_url}/users/{user}/servers/{server}", timeout=30)

@@ -325,8 +325,14 @@ def load_policy(policy_dir: Path, state_dir: Path) -> Policy:
 
 def policy_fingerprint(policy_dir: Path) -> tuple:
     """Cheap change detection: names, sizes and mtimes of every policy file."""
-    files = sorted(p for p in policy_dir.rglob("*.y*ml") if p.is_file())
-    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    entries = []
+    for path in sorted(policy_dir.rglob("*.y*ml")):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue  # removed while we looked: the next look sees the change
+        entries.append((str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+    return tuple(entries)
 
 
 class PolicyStore:

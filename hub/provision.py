@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,8 +41,10 @@ STATUS_MOVES = {
     "suspend": ({"active"}, "suspended"),
     "resume": ({"suspended"}, "active"),
     "close": ({"proposed", "active", "suspended"}, "closed"),
+    "activate": ({"proposed"}, "active"),  # the validator requires DRB and IRB approvals for active
 }
-SETTABLE_TOP = {"title", "principal_investigator", "start", "expiry", "status", "terminals"}
+PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")  # as policies/schema/project.schema.json
+SETTABLE_TOP = {"title", "principal_investigator", "start", "expiry", "terminals"}  # status: its own commands
 SETTABLE_NESTED = {"resources", "exports", "approvals"}
 
 
@@ -165,7 +168,13 @@ def commit(paths: EnclavePaths, edits: list[Edit], actor: str, dry_run: bool) ->
 
 # ---- reading and editing project files ----------------------------------------------------------
 
+def check_project_id(project_id: str) -> None:
+    if not PROJECT_ID.match(project_id):
+        raise CLIError(f"'{project_id}' is not a project id (lower-case letters, digits and '-', 3 to 40 long)")
+
+
 def project_path(paths: EnclavePaths, project_id: str) -> Path:
+    check_project_id(project_id)
     path = paths.policy_dir / "projects" / f"{project_id}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in (paths.policy_dir / "projects").glob("*.yaml"))
@@ -233,6 +242,7 @@ def require_member_candidate(directory: Directory, uid: str, project: str) -> No
 # ---- command handlers ------------------------------------------------------------------------------
 
 def cmd_project_create(args, paths):
+    check_project_id(args.id)
     actor, directory = as_admin(args, paths)
     path = paths.policy_dir / "projects" / f"{args.id}.yaml"
     with policy_lock(paths.policy_dir):
@@ -512,7 +522,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = _changer(project.add_parser("set", help="set fields: title=..., expiry=2027-06-30, resources.memory=4G"))
     p.add_argument("id"), p.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_project_set)
-    for name, text in (("suspend", "stop all servers and refuse new ones"), ("resume", "reactivate a suspended project"),
+    for name, text in (("activate", "open a proposed project (needs DRB and IRB approvals recorded)"),
+                       ("suspend", "stop all servers and refuse new ones"), ("resume", "reactivate a suspended project"),
                        ("close", "end the agreement (final)")):
         p = _changer(project.add_parser(name, help=text))
         p.add_argument("id"), p.add_argument("--reason")

@@ -163,9 +163,15 @@ class EnclaveSpawner(DockerSpawner):
     def ensure_workspace(self, project: Project) -> Path:
         """The project's shared workspace, owned by the notebook uid, quota'd when the policy says so."""
         try:
-            return ensure_workspace(self.paths.workspaces_dir, project.id, project.resources.workspace_quota)
+            return ensure_workspace(self.paths.workspaces_dir, project.id, project.resources.workspace_quota,
+                                    in_use=self.project_in_use(project.id))
         except WorkspaceError as exc:
             raise SpawnError(f"Cannot start {project.id}: {exc}") from exc
+
+    def project_in_use(self, project_id: str) -> bool:
+        """Whether any container of this project runs (then its workspace stays online)."""
+        running = self.client.containers(filters={"label": f"org.enclave.project={project_id}"})
+        return bool(running)
 
     # ---- engine -------------------------------------------------------------------------------
 
@@ -236,6 +242,9 @@ class EnclaveSpawner(DockerSpawner):
         except SpawnRefused as exc:
             self.record("server.spawn", "denied", reason=exc.reason_text)
             raise
+        except Exception as exc:  # workspace, firewall or engine trouble: on the trail too
+            self.record("server.spawn", "error", reason=f"{type(exc).__name__}: {exc}"[:1000])
+            raise
         site = self.policy_store.current().site
         self.network_name = self.project_network_name()
         self.hub_connect_url = f"http://{gateway}:{site.hub_port}"
@@ -266,8 +275,8 @@ class EnclaveSpawner(DockerSpawner):
         except Exception as exc:
             self.record("server.spawn", "error", reason=f"{type(exc).__name__}: {exc}")
             raise
-        image = await self.docker("inspect_image", site.image)
-        self.image_digest = image["Id"]
+        container = await self.docker("inspect_container", self.container_id)
+        self.image_digest = container["Image"]  # what runs, even if the tag moved since
         self.record("server.start", image=site.image, image_digest=self.image_digest)
         for ref in project.datasets:
             self.audit.append(actor=self.user.name, action="dataset.mount", project=project.id,
@@ -320,6 +329,7 @@ class EnclaveSpawner(DockerSpawner):
             command=await self.get_command(),
             ports={f"{self.port}/tcp": None},
             host_config=self.client.create_host_config(**profile["host_config"]),
+            labels={**create["labels"], "org.enclave.project": self.name},
         )
         return await self.docker("create_container", **create)
 

@@ -33,18 +33,23 @@ def image_path(workspaces_dir: Path, project: str) -> Path:
     return workspaces_dir / f".{project}.ext4"
 
 
-def ensure_workspace(workspaces_dir: Path, project: str, quota: str | None) -> Path:
-    """Create (and with a quota, mount or grow) the workspace of ``project``; return its path."""
+def ensure_workspace(workspaces_dir: Path, project: str, quota: str | None, in_use: bool = False) -> Path:
+    """Create (and with a quota, mount or grow) the workspace of ``project``; return its path.
+
+    ``in_use``: a server of the project is running, so its filesystem must not be taken offline."""
+    # Only root (and, through their bind mounts, the containers) may enter the workspaces.
+    workspaces_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    workspaces_dir.chmod(0o700)
     path = workspaces_dir / project
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(exist_ok=True)
     if quota:
-        _ensure_filesystem(path, image_path(workspaces_dir, project), memory_bytes(quota), project)
+        _ensure_filesystem(path, image_path(workspaces_dir, project), memory_bytes(quota), project, in_use)
     os.chown(path, NOTEBOOK_UID, NOTEBOOK_GID)
     path.chmod(0o770)
     return path
 
 
-def _ensure_filesystem(path: Path, image: Path, size: int, project: str) -> None:
+def _ensure_filesystem(path: Path, image: Path, size: int, project: str, in_use: bool) -> None:
     if not image.exists():
         if any(path.iterdir()) and not os.path.ismount(path):
             raise WorkspaceError(
@@ -52,13 +57,13 @@ def _ensure_filesystem(path: Path, image: Path, size: int, project: str) -> None
                 f"giving it a workspace_quota (nothing was changed)"
             )
         tmp = image.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as fh:
             fh.truncate(size)  # sparse: disk is used as the workspace fills
         _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E",
              f"root_owner={NOTEBOOK_UID}:{NOTEBOOK_GID},lazy_itable_init=1,lazy_journal_init=1", str(tmp))
         os.replace(tmp, image)
     current = image.stat().st_size
-    if size > current and _unmount_if_idle(path):
+    if size > current and not in_use and _unmount_if_idle(path, image):
         # Grown offline: an online resize of a loop-mounted ext4 is not allowed everywhere.
         with open(image, "r+b") as fh:
             fh.truncate(size)
@@ -70,17 +75,33 @@ def _ensure_filesystem(path: Path, image: Path, size: int, project: str) -> None
     elif size < current:
         log.warning("workspace of %s keeps %d bytes: shrinking to %d needs it offline", project, current, size)
     if not os.path.ismount(path):
-        _run("mount", "-o", "loop,nosuid,nodev,noexec", str(image), str(path))
+        attached = _attached_loop(image)
+        if attached:  # a container still holds it: mount that device, never a second one on the same file
+            _run("mount", "-o", "nosuid,nodev,noexec", attached, str(path))
+        else:
+            _run("mount", "-o", "loop,nosuid,nodev,noexec", str(image), str(path))
         lost = path / "lost+found"
-        if lost.is_dir() and not any(lost.iterdir()):
+        if lost.is_dir() and not lost.is_symlink() and not any(lost.iterdir()):
             lost.rmdir()  # e2fsck recreates it if it ever needs it; researchers need not see it
 
 
-def _unmount_if_idle(path: Path) -> bool:
-    """Unmount a workspace that no running container holds. False when it is in use."""
-    if not os.path.ismount(path):
-        return True
-    return subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode == 0
+def _attached_loop(image: Path) -> str | None:
+    """The loop device backing ``image``, if any (a container's mount keeps it attached)."""
+    out = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=False).stdout
+    return out.split(":", 1)[0] if out.strip() else None
+
+
+def _unmount_if_idle(path: Path, image: Path) -> bool:
+    """Unmount a workspace that nothing else holds. False (and still mounted) when it is in use: a
+    container's bind mount keeps the loop device attached even after the host's umount succeeds."""
+    if os.path.ismount(path):
+        subprocess.run(["umount", str(path)], capture_output=True, check=False)
+    attached = _attached_loop(image)
+    if attached:
+        if not os.path.ismount(path):
+            _run("mount", "-o", "nosuid,nodev,noexec", attached, str(path))
+        return False
+    return not os.path.ismount(path)
 
 
 def release_workspaces(workspaces_dir: Path) -> None:
