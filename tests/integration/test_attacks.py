@@ -880,7 +880,8 @@ HUB_API_ATTACKS = [
 
 def test_server_token_is_minimal_from_inside_the_container(enclave):
     """The token every process in the container can read (JUPYTERHUB_API_TOKEN) calls the hub API at
-    JUPYTERHUB_API_URL. Control: server_token_scopes (users:activity!user) and the hub's scope checks."""
+    JUPYTERHUB_API_URL. Controls: the hub gate (hub/gate.py) refuses every route but the server's own,
+    and behind it server_token_scopes and the hub's scope checks (asserted from the host below)."""
     container = enclave.alice_container()
     results = probe(
         container,
@@ -901,7 +902,7 @@ out(res)
     )
     *attacks, (whoami_status, whoami) = results
     for (method, path, _, status, message), (got, body) in zip(HUB_API_ATTACKS, attacks):
-        assert got == status and message in body, f"{method} {path}: {got} {body}"
+        assert got == 403 and "Only the notebook server's own hub calls pass here" in body, f"{method} {path}: {got} {body}"
     assert whoami_status == 200 and whoami["name"] == "alice", "the token works: it is the scopes that refuse"
     # Every scope is alice's own (filtered to her, or her own server), except the export client's request
     # scope, which the export service itself limits to her own projects.
