@@ -307,6 +307,10 @@ class RequestFile:
     provenance: Provenance
     checks: FileChecks
     count_columns: tuple[str, ...] = ()
+    original_sha256: str | None = None
+    """The bytes the researcher named, before canonicalization (exports.canonical); never released.
+    None for versions frozen before outputs were canonicalized."""
+    original_size: int | None = None
 
     @property
     def name(self) -> str:

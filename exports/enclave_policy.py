@@ -9,12 +9,15 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+from exports.canonical import Limits
 from exports.projects import ProjectInfo, Thresholds
 from hub.paths import EnclavePaths
 from hub.policy import PolicyStore, Project
 
 
-def project_info(project: Project, paths: EnclavePaths, today: date) -> ProjectInfo:
+def project_info(
+    project: Project, paths: EnclavePaths, today: date, canonical: Limits | None = None
+) -> ProjectInfo:
     listed = frozenset(m.uid for m in project.members)
     return ProjectInfo(
         id=project.id,
@@ -24,6 +27,7 @@ def project_info(project: Project, paths: EnclavePaths, today: date) -> ProjectI
         reviewers_required=project.reviewers_required,
         thresholds=Thresholds(**project.thresholds),
         max_file_bytes=project.max_file_bytes,
+        canonical=canonical or Limits(),
     )
 
 
@@ -35,12 +39,15 @@ class PolicyProjects:
         self.store = PolicyStore(self.paths.policy_dir, self.paths.state_dir)
 
     def get(self, project_id: str) -> ProjectInfo | None:
-        project = self.store.current().projects.get(project_id)
-        return None if project is None else project_info(project, self.paths, date.today())
+        policy = self.store.current()
+        project = policy.projects.get(project_id)
+        limits = Limits.from_mapping(policy.site.canonical_outputs)
+        return None if project is None else project_info(project, self.paths, date.today(), limits)
 
     def all(self) -> list[ProjectInfo]:
-        today = date.today()
-        return [project_info(p, self.paths, today) for p in self.store.current().projects.values()]
+        today, policy = date.today(), self.store.current()
+        limits = Limits.from_mapping(policy.site.canonical_outputs)
+        return [project_info(p, self.paths, today, limits) for p in policy.projects.values()]
 
 
 def project_directory(state_dir, policy_dir) -> PolicyProjects:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from exports.canonical import Limits
+
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 """16 MiB: a table of a million cells fits; a dataset extract should not."""
 
@@ -38,6 +40,8 @@ class ProjectInfo:
     reviewers_required: int = 2
     thresholds: Thresholds = field(default_factory=Thresholds)
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    canonical: Limits = field(default_factory=Limits)
+    """Site caps on canonical outputs (rows, columns, cell length, lines, pixels...)."""
     listed: frozenset[str] = frozenset()
     """Everyone the project's policy lists, including expired memberships: none of them may review the
     project's requests (a conflict of interest does not expire with the membership)."""

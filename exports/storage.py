@@ -63,6 +63,9 @@ class NewFile:
     provenance: Provenance
     checks: FileChecks
     count_columns: tuple[str, ...] = ()
+    original_sha256: str | None = None
+    """What the researcher named; ``sha256`` and ``size`` are of the canonical bytes (exports.canonical)."""
+    original_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,12 @@ files_t = sa.Table(
     sa.Column("provenance", sa.JSON, nullable=False),
     sa.Column("checks", sa.JSON, nullable=False),
     sa.Column("count_columns", sa.JSON, nullable=False),
+    sa.Column("original_sha256", S(64)),
+    sa.Column("original_size", sa.BigInteger),
     sa.UniqueConstraint("request_id", "path", "version"),
 )
+ADDED_COLUMNS = {"export_files": ("original_sha256", "original_size")}
+"""Columns added after the first release of the schema: ``migrate`` adds them to an existing database."""
 votes_t = sa.Table(
     "export_votes",
     metadata,
@@ -294,6 +301,7 @@ class SQLStorage:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         storage = cls(make_engine(url))
         metadata.create_all(storage.engine)
+        migrate(storage.engine)
         return storage
 
     @contextlib.contextmanager
@@ -432,6 +440,21 @@ class SQLStorage:
             )
 
 
+def migrate(engine: Engine) -> None:
+    """Add the columns of ADDED_COLUMNS that an older database lacks (nullable, so old rows stay valid)."""
+    with engine.connect() as conn:
+        conn.execution_options(write=True)
+        with conn.begin():
+            for table_name, names in ADDED_COLUMNS.items():
+                present = {c["name"] for c in sa.inspect(conn).get_columns(table_name)}
+                table = metadata.tables[table_name]
+                for name in names:
+                    if name not in present:
+                        column = table.c[name]
+                        kind = column.type.compile(dialect=engine.dialect)
+                        conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}")
+
+
 def _insert_audit(conn: Connection, audit: AuditEvent) -> None:
     if not isinstance(audit, AuditEvent):
         raise TypeError("every storage mutation needs an AuditEvent")
@@ -517,6 +540,8 @@ class _SQLRequestTransaction:
                 provenance=new.provenance.to_json(),
                 checks=new.checks.to_json(),
                 count_columns=list(new.count_columns),
+                original_sha256=new.original_sha256,
+                original_size=new.original_size,
             )
         ).inserted_primary_key[0]
         self._changed(audit, summary=True)
@@ -719,4 +744,6 @@ def _file(f: Any) -> RequestFile:
         provenance=Provenance.from_json(f["provenance"]),
         checks=FileChecks.from_json(f["checks"]),
         count_columns=tuple(f["count_columns"] or ()),
+        original_sha256=f["original_sha256"],
+        original_size=f["original_size"],
     )

@@ -110,6 +110,8 @@ def file_view(f: RequestFile, request: ExportRequest, viewer: Identity, base: st
         "role": f.role.value,
         "sha256": f.sha256,
         "size": f.size,
+        "original_sha256": f.original_sha256,
+        "original_size": f.original_size,
         "filetype": f.filetype,
         "added_by": f.added_by,
         "added_at": f.added_at,

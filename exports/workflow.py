@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from exports import canonical, workspace
 from exports import checks as checks_mod
-from exports import workspace
 from exports.domain import (
     UNDER_REVIEW_STATES,
     AuditEvent,
@@ -389,7 +389,9 @@ class ExportWorkflow:
         provenance: Provenance,
     ) -> tuple[NewFile, bytes]:
         label = f"{f.label} {path!r}"
-        data = workspace.read_workspace_file(project.workspace, path, project.max_file_bytes, f.label)
+        original = workspace.read_workspace_file(project.workspace, path, project.max_file_bytes, f.label)
+        # what is quarantined, checked, shown and released is the canonical form, never the original
+        data = canonical.canonicalize(original, filetype, project.canonical, label)
         result = checks_mod.run_checks(
             data, filetype, project.thresholds, label=label, role=f.role, count_columns=f.count_columns
         )
@@ -404,6 +406,8 @@ class ExportWorkflow:
             provenance,
             result,
             f.count_columns,
+            sha256_hex(original),
+            len(original),
         )
         return new, data
 
@@ -468,6 +472,8 @@ class ExportWorkflow:
                     path=new.path,
                     sha256=new.sha256,
                     size=new.size,
+                    original_sha256=new.original_sha256,
+                    original_size=new.original_size,
                     filetype=new.filetype,
                     role=new.role.value,
                     group=new.group,

@@ -141,6 +141,8 @@ class Site:
     idle_timeout_seconds: int
     defaults: Resources
     ldap: LdapSettings
+    canonical_outputs: Mapping[str, int] = field(default_factory=dict)
+    """Caps on canonical export outputs (exports.canonical.Limits); absent keys keep the defaults."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ def build_site(doc: Mapping[str, Any], state_dir: Path) -> Site:
         idle_timeout_seconds=doc.get("idle_timeout_seconds", 3600),
         defaults=_resources(doc.get("defaults", {}), Resources(cpu=1.0, memory="2G", pids=512)),
         ldap=LdapSettings(**ldap),
+        canonical_outputs=dict(doc.get("canonical_outputs", {})),
     )
 
 
