@@ -16,8 +16,9 @@ from PIL import Image
 from exports import sdc_png
 from exports.canonical import PNG_MAGIC, Limits, NotCanonical
 
-COMPRESS_LEVEL = 6
-"""zlib level. Fixed: the same pixels must always give the same bytes (idempotence)."""
+COMPRESS_LEVEL = 1
+"""zlib level. Fixed: the same pixels must always give the same bytes (idempotence). Level 1 keeps a
+4000 x 4000 figure under a second; charts are flat colour, so the files stay small anyway."""
 CANONICAL_CHUNKS = frozenset({"IHDR", "IDAT", "IEND"})
 
 
@@ -26,9 +27,9 @@ def canonical_png(data: bytes, limits: Limits, label: str) -> bytes:
         raise NotCanonical(
             f"{label}: the bytes are not a PNG image (no PNG signature); they do not match .png", "content_mismatch"
         )
-    pixels = _decode(data, limits, label)
+    image = _decode(data, limits, label)
     out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "PNG", compress_level=COMPRESS_LEVEL, optimize=False)
+    image.save(out, "PNG", compress_level=COMPRESS_LEVEL, optimize=False)
     canonical = out.getvalue()
     chunks = set(sdc_png.parse_png(canonical, label).chunk_types)
     if not chunks <= CANONICAL_CHUNKS:  # never release a chunk we did not mean to write
@@ -36,7 +37,7 @@ def canonical_png(data: bytes, limits: Limits, label: str) -> bytes:
     return canonical
 
 
-def _decode(data: bytes, limits: Limits, label: str) -> np.ndarray:
+def _decode(data: bytes, limits: Limits, label: str) -> Image.Image:
     """The first frame's pixels as 8-bit L, RGB or RGBA, after checking the size from the header alone."""
     try:
         with warnings.catch_warnings():
@@ -61,23 +62,31 @@ def _check_size(width: int, height: int, limits: Limits, label: str) -> None:
         )
 
 
-def _pixels(image: Image.Image) -> np.ndarray:
+def _pixels(image: Image.Image) -> Image.Image:
     """Normalise the mode. 16-bit samples keep their high byte (a screen shows no more); a palette becomes
     colours (unused palette entries carry bytes); a fully transparent pixel becomes transparent black
     (its colour is never shown); an alpha channel that is opaque everywhere is dropped."""
     mode = image.mode
+    if mode in ("L", "RGB"):
+        image.load()
+        return _bare(image)
     if mode.startswith("I") or mode == "F":
         values = np.asarray(image.convert("I") if mode == "F" else image)
         wide = np.clip(values.astype(np.int64), 0, 65535)
         sixteen = mode.startswith("I;16") or wide.max(initial=0) > 255
-        return (wide >> 8).astype(np.uint8) if sixteen else wide.astype(np.uint8)
-    if mode in ("1", "L"):
-        return np.asarray(image.convert("L"))
-    if mode == "RGB":
-        return np.asarray(image)
+        return Image.fromarray((wide >> 8).astype(np.uint8) if sixteen else wide.astype(np.uint8))
+    if mode == "1":
+        return _bare(image.convert("L"))
     rgba = np.array(image.convert("RGBA"))
     alpha = rgba[..., 3]
     if (alpha == 255).all():
-        return np.ascontiguousarray(rgba[..., :3])
+        return Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
     rgba[alpha == 0] = 0
-    return rgba
+    return Image.fromarray(rgba)
+
+
+def _bare(image: Image.Image) -> Image.Image:
+    """The image with no metadata for the encoder to copy (Pillow writes an ICC profile, transparency
+    and more from ``info``)."""
+    image.info.clear()
+    return image

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from exports import sdc_acro, sdc_identifiers, sdc_png, sdc_tables
+from exports import sdc_acro, sdc_capacity, sdc_identifiers, sdc_png, sdc_tables
 from exports.domain import CheckOutcome, CheckResult, FileChecks, FileRefused, FileRole, Location
 from exports.projects import Thresholds
 
@@ -50,7 +50,7 @@ def run_checks(
     count_columns: Sequence[str] = (),
 ) -> FileChecks:
     if filetype == "png":
-        return FileChecks("png", tuple(_png(data, label)))
+        return FileChecks("png", (*_png(data, label), *sdc_capacity.check(data, filetype)))
     text = decode_text(data, filetype, label)
     if filetype in SEPARATORS:
         results = _table(data, text, filetype, thresholds, count_columns, label)
@@ -58,7 +58,7 @@ def run_checks(
         results = _json(text, thresholds, role, label)
     else:
         results = _text(text)
-    return FileChecks(filetype, tuple(results))
+    return FileChecks(filetype, (*results, *sdc_capacity.check(data, filetype)))
 
 
 def _table(

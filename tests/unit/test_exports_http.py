@@ -3,6 +3,7 @@ and downloads. The app runs on a loopback ephemeral port with a fake hub (FakeHu
 
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 import zlib
@@ -10,6 +11,7 @@ import zlib
 import pytest
 import requests
 
+from exports.canonical import Limits, canonicalize
 from exports.domain import RequestStatus
 from exports.storage import RequestQuery
 from exports.testing import SAFE_CSV, admin, checker, create_request_at_status, make_env, researcher, serve
@@ -252,7 +254,10 @@ def test_images_are_shown_inline_and_other_types_are_never_served_raw(svc, env):
     files = {f.filetype: f.id for f in env.storage.get(rid).output_files}
     browser = svc.browser(CAROL)
     shown = browser.get(svc.url + f"api/requests/{rid}/files/{files['png']}/content", timeout=30)
-    assert shown.status_code == 200 and shown.content == image
+    frozen = env.storage.get(rid).file_by_id(files["png"])
+    assert shown.status_code == 200 and shown.content == canonicalize(image, "png", Limits(), "fig.png")
+    assert hashlib.sha256(shown.content).hexdigest() == frozen.sha256, "the canonical bytes, as frozen"
+    assert frozen.original_sha256 == hashlib.sha256(image).hexdigest() and frozen.original_size == len(image)
     assert (
         shown.headers["Content-Type"] == "image/png" and "sandbox" in shown.headers["Content-Security-Policy"]
     )
