@@ -8,6 +8,7 @@ this is asserted on every output, so a Pillow upgrade that starts writing metada
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -39,6 +40,8 @@ def canonical_png(data: bytes, limits: Limits, label: str) -> bytes:
 
 def _decode(data: bytes, limits: Limits, label: str) -> Image.Image:
     """The first frame's pixels as 8-bit L, RGB or RGBA, after checking the size from the header alone."""
+    if data[12:16] == b"IHDR" and len(data) >= 24:  # the caps hold before Pillow reads anything
+        _check_size(*struct.unpack(">II", data[16:24]), limits, label)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,7 +1,13 @@
-"""How a frozen file is shown on the request page: tables as tables with failing cells marked, text as
-text with flagged lines marked. PNGs are shown by the browser from the content URL.
+"""How a frozen file is shown to checkers: every row of a table and every line of a text, in pages, with
+flagged cells and lines marked. Nothing is truncated without a way to see the rest: the request page
+shows the first page of each file and links to every other page (``requests/<id>/files/<file>?page=n``),
+and lists the pages that hold flagged cells. PNGs are shown by the browser from the content URL, at
+full resolution.
 
-Failing cells are marked with a CSS class *and* a visible note, so the page does not rely on colour.
+The bytes shown are the canonical bytes (exports.canonical), which are exactly the bytes released, so
+there is no invisible character to miss. Failing cells are marked with a CSS class *and* a visible note,
+so the page does not rely on colour. Carrying-capacity flags (exports.sdc_capacity) are recomputed for
+the rows of the page shown, so every flagged cell is marked however many there are.
 """
 
 from __future__ import annotations
@@ -9,13 +15,13 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from itertools import islice
 from typing import Any
 
+from exports import sdc_capacity
 from exports.domain import CheckOutcome, FileChecks
 
-MAX_ROWS = 200
-MAX_LINES = 2000
+PAGE_ROWS = 200
+PAGE_LINES = 1000
 SEPARATORS = {"csv": ",", "tsv": "\t"}
 
 
@@ -43,40 +49,82 @@ def check_names(header: list[str]) -> list[str]:
     return names
 
 
-def table_preview(data: bytes, filetype: str, checks: FileChecks) -> dict[str, Any]:
-    text = data.decode("utf-8", "replace").removeprefix("\ufeff")
+def capacity_details(checks: FileChecks) -> dict[str, Any]:
+    result = next((r for r in checks.results if r.check == "capacity" and r.source == "service"), None)
+    return dict(result.details) if result else {}
+
+
+def pages(total: int, per_page: int) -> int:
+    return max(1, -(-total // per_page))
+
+
+def _page_of(number: int, per_page: int) -> int:
+    return (number - 1) // per_page + 1
+
+
+def table_preview(data: bytes, filetype: str, checks: FileChecks, page: int = 1) -> dict[str, Any]:
+    """One page of a canonical table, every cell as written, flagged cells marked."""
+    text = data.decode("utf-8")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=SEPARATORS[filetype])
     header = next(reader, [])
-    rows = list(islice(reader, MAX_ROWS + 1))
-    truncated = len(rows) > MAX_ROWS
+    rows = list(reader)
+    count = pages(len(rows), PAGE_ROWS)
+    page = min(max(page, 1), count)
+    first = (page - 1) * PAGE_ROWS
     flags = _flags(checks)
     names = check_names(header)
+    medians = capacity_details(checks).get("medians", {})
     body = []
-    for number, row in enumerate(rows[:MAX_ROWS], start=1):
+    for number, row in enumerate(rows[first : first + PAGE_ROWS], start=first + 1):
         cells = []
         for j, value in enumerate(row):
             column = names[j] if j < len(names) else ""
-            notes = flags.get((number, column))
+            notes = list(flags.get((number, column), ()))
+            capacity = sdc_capacity.cell_flag(value, medians.get(column))
+            if capacity:
+                notes.append(capacity)
             cells.append({"value": value, "flag": ", ".join(sorted(set(notes))) if notes else None})
         body.append({"number": number, "cells": cells})
-    flagged_rows = sorted({row for row, _ in flags})
+    flagged_rows = {row for row, _ in flags}
     return {
         "header": header,
         "rows": body,
-        "truncated": truncated,
-        "max_rows": MAX_ROWS,
-        "flagged_elsewhere": [r for r in flagged_rows if r > MAX_ROWS][:50],
+        "page": page,
+        "pages": count,
+        "per_page": PAGE_ROWS,
+        "total": len(rows),
+        "flagged_pages": sorted({_page_of(r, PAGE_ROWS) for r in flagged_rows if 0 < r <= len(rows)}),
     }
 
 
-def text_preview(data: bytes, checks: FileChecks) -> dict[str, Any]:
-    text = data.decode("utf-8", "replace").removeprefix("\ufeff")
-    lines = text.splitlines()
+def text_preview(data: bytes, checks: FileChecks, page: int = 1) -> dict[str, Any]:
+    """One page of a canonical text, every line whole (long lines wrap on the page), flagged lines marked."""
+    text = data.decode("utf-8")
+    lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+    count = pages(len(lines), PAGE_LINES)
+    page = min(max(page, 1), count)
+    first = (page - 1) * PAGE_LINES
     flagged: dict[int, list[str]] = defaultdict(list)
     for (row, _column), notes in _flags(checks).items():
         flagged[row].extend(notes)
-    shown = [
-        {"number": n, "text": line, "flag": ", ".join(sorted(set(flagged[n]))) if n in flagged else None}
-        for n, line in enumerate(lines[:MAX_LINES], start=1)
-    ]
-    return {"lines": shown, "truncated": len(lines) > MAX_LINES, "max_lines": MAX_LINES}
+    shown = []
+    for n, line in enumerate(lines[first : first + PAGE_LINES], start=first + 1):
+        notes = flagged.get(n, [])
+        shown.append({"number": n, "text": line, "flag": ", ".join(sorted(set(notes))) if notes else None})
+    return {
+        "lines": shown,
+        "page": page,
+        "pages": count,
+        "per_page": PAGE_LINES,
+        "total": len(lines),
+        "flagged_pages": sorted({_page_of(r, PAGE_LINES) for r in flagged if 0 < r <= len(lines)}),
+    }
+
+
+def file_preview(data: bytes, filetype: str, checks: FileChecks, page: int = 1) -> dict[str, Any]:
+    if filetype == "png":
+        details = capacity_details(checks)
+        return {"kind": "image", "page": 1, "pages": 1, "flagged_pages": [], **details}
+    if filetype in SEPARATORS:
+        return {"kind": "table", **table_preview(data, filetype, checks, page)}
+    return {"kind": "text", **text_preview(data, checks, page)}

@@ -176,7 +176,9 @@ def _image(data: bytes) -> CheckResult:
     colours = _distinct_colours(samples)
     details = {
         "bytes": len(data),
-        "visible": f"{width} x {height} pixels, {colours} distinct colours",
+        "visible": f"{width} x {height} pixels, {colours} distinct colours, shown at full resolution",
+        "width": width,
+        "height": height,
         "lsb_capacity_bytes": width * height * channels // 8,
         "near_equal_ratio": round(ratio, 4),
     }

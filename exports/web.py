@@ -557,17 +557,28 @@ class RequestPage(PageHandler):
         self.render_page("request.html", r=view, previews=previews)
 
     def _previews(self, identity: Identity, request: Any) -> dict[int, dict[str, Any]]:
+        """The first page of every current file; the rest are a link away (FilePage)."""
         shown = {}
         for f in request.current_files:
-            if f.filetype == "png":
-                shown[f.id] = {"kind": "image"}
-                continue
-            data = self.workflow.quarantine.get(f.sha256)
-            if f.filetype in preview.SEPARATORS:
-                shown[f.id] = {"kind": "table", **preview.table_preview(data, f.filetype, f.checks)}
-            else:
-                shown[f.id] = {"kind": "text", **preview.text_preview(data, f.checks)}
+            data = b"" if f.filetype == "png" else self.workflow.quarantine.get(f.sha256)
+            shown[f.id] = preview.file_preview(data, f.filetype, f.checks)
         return shown
+
+
+class FilePage(PageHandler):
+    """Any page of one frozen file, so checkers can see every row and line that can leave (audited)."""
+
+    async def get(self, request_id: str, file_id: str) -> None:
+        identity = self.page_identity()
+        if identity is None:
+            return
+        page = _int_arg(self, "page", 1, 1, 10**6)
+        requested, data = await self.run(self.workflow.file_content, identity, request_id, int(file_id))
+        request = await self.run(self.workflow.get, identity, request_id)
+        view = request_view(request, identity, self.projects.get(request.project), self.base)
+        f = next(v for v in view["files"] + view["previous_versions"] if v["id"] == requested.id)
+        p = preview.file_preview(data, requested.filetype, requested.checks, page)
+        self.render_page("file.html", r=view, f=f, p=p)
 
 
 class RequestFormAction(PageHandler):
@@ -636,6 +647,7 @@ def make_app(
         (base + r"requests/new", NewRequestForm),
         (base + rf"requests/{rid}", RequestPage),
         (base + rf"requests/{rid}/download/(\d+)", DownloadHandler),
+        (base + rf"requests/{rid}/files/(\d+)", FilePage),
         (base + rf"requests/{rid}/([a-z_]+)", RequestFormAction),
         (base + r"static/(.*)", web.StaticFileHandler, {"path": str(HERE / "static")}),
         (base.rstrip("/") or "/", RootPage),
