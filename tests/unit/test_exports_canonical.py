@@ -108,7 +108,7 @@ def test_nfc_is_applied_so_two_spellings_of_one_letter_cannot_carry_a_bit():
 def test_png_modes_round_trip_to_a_fixed_point(mode):
     image = chart(mode="RGB")
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(image.convert("L")).astype(np.uint16) * 257))
+        image = Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
     else:
         image = image.convert(mode)
     once = canon(png_bytes(image), "png")
