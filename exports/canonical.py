@@ -124,8 +124,11 @@ def why_refused(ch: str) -> str | None:
     return CATEGORY_WHY.get(unicodedata.category(ch))
 
 
+CONTROL_NAMES = {"\t": "TAB", "\n": "LINE FEED", "\r": "CARRIAGE RETURN"}
+
+
 def describe(ch: str) -> str:
-    return f"U+{ord(ch):04X} {unicodedata.name(ch, '(unnamed)')}"
+    return f"U+{ord(ch):04X} {CONTROL_NAMES.get(ch) or unicodedata.name(ch, '(unnamed control)')}"
 
 
 def first_refused(text: str, allowed: str = "") -> tuple[int, str] | None:
