@@ -136,17 +136,18 @@ def first_refused(text: str, allowed: str = "") -> tuple[int, str] | None:
 
     Fast on big inputs: one regex for ASCII controls, then one decision per distinct non-ASCII character.
     """
-    offsets = []
-    control = (_ANY_CONTROL if not allowed else _ASCII_CONTROL).search(text)
-    if control and control.group() not in allowed:
-        offsets.append(control.start())
-    elif allowed and control is None:
-        extra = [c for c in "\t\n\r" if c not in allowed and c in text]
-        offsets += [text.index(c) for c in extra]
-    bad = {ch for ch in set(_NON_ASCII.findall(text)) if why_refused(ch)}
+    if text.isascii() and not allowed:
+        control = _ANY_CONTROL.search(text)
+        return (control.start(), f"{describe(control.group())}: a control character") if control else None
+    control = (_ASCII_CONTROL if allowed else _ANY_CONTROL).search(text)
+    offsets = [control.start()] if control else []
+    if allowed:
+        offsets += [text.index(c) for c in "\t\n\r" if c not in allowed and c in text]
+    distinct = set() if text.isascii() else set(_NON_ASCII.findall(text))
+    bad = {ch for ch in distinct if why_refused(ch)}
     if bad:
         offsets.append(re.search("[" + re.escape("".join(sorted(bad))) + "]", text).start())
-    marks = _combining_run(text)
+    marks = _combining_run(text, distinct)
     if marks is not None:
         offsets.append(marks)
     if not offsets:
@@ -158,8 +159,8 @@ def first_refused(text: str, allowed: str = "") -> tuple[int, str] | None:
     return at, f"{describe(text[at])}: {reason}"
 
 
-def _combining_run(text: str) -> int | None:
-    marks = {ch for ch in set(_NON_ASCII.findall(text)) if unicodedata.combining(ch)}
+def _combining_run(text: str, distinct: set[str]) -> int | None:
+    marks = {ch for ch in distinct if unicodedata.combining(ch)}
     if not marks:
         return None
     run = re.search(f"[{re.escape(''.join(sorted(marks)))}]{{{MAX_COMBINING_RUN + 1},}}", text)
@@ -186,6 +187,9 @@ def _decode(data: bytes, filetype: str, label: str) -> str:
 
 
 def _table(text: str, sep: str, limits: Limits, label: str) -> bytes:
+    simple = _already_canonical(text, sep, limits)
+    if simple is not None:
+        return simple
     rows, multiline = _rows(text, sep, limits, label)
     if not rows:
         raise NotCanonical(f"{label}: the table is empty (no header row)", "not_canonical")
@@ -214,6 +218,33 @@ def _table(text: str, sep: str, limits: Limits, label: str) -> bytes:
     out = io.StringIO()
     csv.writer(out, delimiter=sep, quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator="\n").writerows(rows)
     return out.getvalue().encode("utf-8")
+
+
+def _already_canonical(text: str, sep: str, limits: Limits) -> bytes | None:
+    """The bytes of a table that is canonical as it stands (no quotes, no CR, no blank line, no stray
+    space, nothing refused, within the caps), found without the csv module; None means "take the
+    general path", which also finds and names any fault."""
+    allowed = "\t\n" if sep == "\t" else "\n"
+    if (
+        not text.endswith("\n")
+        or text.startswith("\n")
+        or any(s in text for s in ('"', "\r", "\n\n"))
+        or (sep == "," and "\t" in text)
+        or _needs_squash(text, sep)
+        or first_refused(text, allowed)
+    ):
+        return None
+    lines = text[:-1].split("\n")
+    width = lines[0].count(sep)
+    if len(lines) - 1 > limits.max_rows or width + 1 > limits.max_columns:
+        return None
+    if any(line.count(sep) != width for line in lines):
+        return None
+    if max(map(len, lines)) > limits.max_cell_chars and any(
+        max(map(len, line.split(sep))) > limits.max_cell_chars for line in lines if len(line) > limits.max_cell_chars
+    ):
+        return None
+    return text.encode("utf-8")
 
 
 def _needs_squash(text: str, sep: str) -> bool:

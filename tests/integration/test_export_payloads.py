@@ -318,7 +318,8 @@ def test_visible_payloads_are_shown_whole_and_flagged_so_a_careful_checker_retur
     rows = payloads["table_b64.csv"]
     b64 = base64.b64encode(rows).decode()
     assert "".join(s for s in seen if not s.isdigit()) == b64, "every payload byte was on a page carol read"
-    assert flagged == -(-len(b64) // 60), "every payload cell is highlighted"
+    cells = [b64[i : i + 60] for i in range(0, len(b64), 60)]
+    assert flagged >= sum(len(c) >= 16 for c in cells), "every payload cell of 16 characters or more is highlighted"
     assert decode_png_lsb(base64.b64decode(docker_exec(container, "base64 -w0 /workspace/payloads/chart_lsb.png")[1]),
                           len(payloads["chart_lsb.png"])) == payloads["chart_lsb.png"]
 
