@@ -103,6 +103,8 @@ def openapi_document(base: str) -> dict[str, Any]:
             version={"type": "integer"},
             sha256=STR,
             size={"type": "integer"},
+            original_sha256={"type": ["string", "null"], "description": "the file as named, before canonical form"},
+            original_size={"type": ["integer", "null"]},
             role=STR,
             group=STR,
             filetype=STR,
