@@ -7,7 +7,7 @@ Anything a viewer would not show a person is dropped by construction, or the fil
 
 - PNG: decoded (Pillow) and re-encoded from its pixels alone: IHDR, IDAT, IEND and nothing else. No text,
   EXIF, colour-profile or private chunks, no second APNG frame, nothing after IEND, no palette (unused
-  palette entries carry bytes), no colour under fully transparent pixels, 8 bits per channel.
+  palette entries carry bytes), no alpha (composited onto white, as the page shows it), 8 bits a sample.
 - CSV/TSV: parsed and written back as UTF-8 in one dialect (``,`` or tab, ``"`` quoting only when needed,
   ``\\n`` line ends), cells trimmed with inner runs of spaces collapsed (a page does not show them).
 - Text/Markdown: NFC, ``\\n`` line ends, tabs expanded, no trailing spaces (whitespace steganography), one
@@ -83,6 +83,14 @@ def canonicalize(data: bytes, filetype: str, limits: Limits, label: str) -> byte
     if filetype == "json":
         return _json(text, limits, label)
     return _text(text, filetype, limits, label)
+
+
+def check_name(path: str, label: str) -> None:
+    """A file name leaves with the file: the same character rules apply to it (a bidi override can
+    disguise ``.csv`` as ``.png`` on the page; zero-width characters can carry bits)."""
+    found = first_refused(path)
+    if found:
+        raise NotCanonical(f"{label} {path!r}: the file name holds {found[1]}", "invisible_characters")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def canonical_png(data: bytes, limits: Limits, label: str) -> bytes:
 
 
 def _decode(data: bytes, limits: Limits, label: str) -> Image.Image:
-    """The first frame's pixels as 8-bit L, RGB or RGBA, after checking the size from the header alone."""
+    """The first frame's pixels as 8-bit L or RGB, after checking the size from the header alone."""
     if data[12:16] == b"IHDR" and len(data) >= 24:  # the caps hold before Pillow reads anything
         _check_size(*struct.unpack(">II", data[16:24]), limits, label)
     try:
@@ -66,11 +66,12 @@ def _check_size(width: int, height: int, limits: Limits, label: str) -> None:
 
 
 def _pixels(image: Image.Image) -> Image.Image:
-    """Normalise the mode. 16-bit samples keep their high byte (a screen shows no more); a palette becomes
-    colours (unused palette entries carry bytes); a fully transparent pixel becomes transparent black
-    (its colour is never shown); an alpha channel that is opaque everywhere is dropped."""
+    """Normalise the mode to 8-bit L or RGB. 16-bit samples keep their high byte (a screen shows no more);
+    a palette becomes colours (unused palette entries carry bytes); transparency is composited onto white,
+    as the review page shows it: colour under a (nearly) transparent pixel, or an alpha value a person
+    cannot tell from its neighbour, would otherwise leave unseen."""
     mode = image.mode
-    if mode in ("L", "RGB"):
+    if mode in ("L", "RGB") and "transparency" not in image.info:
         image.load()
         return _bare(image)
     if mode.startswith("I") or mode == "F":
@@ -80,12 +81,10 @@ def _pixels(image: Image.Image) -> Image.Image:
         return Image.fromarray((wide >> 8).astype(np.uint8) if sixteen else wide.astype(np.uint8))
     if mode == "1":
         return _bare(image.convert("L"))
-    rgba = np.array(image.convert("RGBA"))
-    alpha = rgba[..., 3]
-    if (alpha == 255).all():
-        return Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
-    rgba[alpha == 0] = 0
-    return Image.fromarray(rgba)
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    flat = Image.alpha_composite(white, rgba).convert("RGB")
+    return _bare(flat)
 
 
 def _bare(image: Image.Image) -> Image.Image:

@@ -359,6 +359,7 @@ class ExportWorkflow:
         for group in groups:  # every name is checked before any file is opened
             for f in group.files:
                 path = workspace.normalize_relpath(f.path, f.label)
+                canonical.check_name(path, f.label)
                 filetype = workspace.file_type(path, f.label)
                 if path in seen:
                     raise BadRequest(f"{f.label} {f.path!r}: names the same file as {seen[path]}")

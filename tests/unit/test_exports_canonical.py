@@ -115,7 +115,7 @@ def test_png_modes_round_trip_to_a_fixed_point(mode):
     assert canon(once, "png") == once
     assert set(sdc_png.parse_png(once, "x").chunk_types) <= {"IHDR", "IDAT", "IEND"}
     decoded = Image.open(io.BytesIO(once))
-    assert decoded.mode in ("L", "RGB", "RGBA") and decoded.size == image.size
+    assert decoded.mode in ("L", "RGB") and decoded.size == image.size
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,18 +151,25 @@ def test_apng_extra_frames_do_not_leave():
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(out))), np.asarray(first))
 
 
-def test_unused_palette_entries_and_colour_under_transparency_are_gone():
+def test_unused_palette_entries_are_gone():
     palette = list(range(256)) * 3  # 256 entries, 2 used: 254 x 3 bytes of room
     image = Image.new("P", (4, 4), 0)
     image.putpalette(palette)
     image.putpixel((1, 1), 1)
     out = canon(png_bytes(image), "png")
-    assert b"PLTE" not in out
+    assert b"PLTE" not in out and Image.open(io.BytesIO(out)).mode == "RGB"
+
+
+def test_transparency_is_flattened_onto_white_as_the_page_shows_it():
     rgba = np.zeros((4, 4, 4), np.uint8)
-    rgba[..., :3] = 77  # colour nobody sees: alpha is 0
+    rgba[..., :3] = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)  # colour nobody sees: alpha 0 or 1
+    rgba[..., 3] = 1
+    rgba[2, 2, 3] = 0
     rgba[0, 0] = (10, 20, 30, 255)
-    decoded = np.asarray(Image.open(io.BytesIO(canon(png_bytes(Image.fromarray(rgba)), "png"))))
-    assert decoded[1, 1].tolist() == [0, 0, 0, 0] and decoded[0, 0].tolist() == [10, 20, 30, 255]
+    out = canon(png_bytes(Image.fromarray(rgba)), "png")
+    decoded = np.asarray(Image.open(io.BytesIO(out)))
+    assert decoded.shape == (4, 4, 3) and decoded[0, 0].tolist() == [10, 20, 30]
+    assert decoded[2, 2].tolist() == [255, 255, 255] and (decoded[1:, 1:] >= 254).all()
 
 
 def test_sixteen_bit_samples_keep_only_what_a_screen_shows():
@@ -354,6 +361,16 @@ def test_a_file_that_cannot_be_canonicalized_refuses_the_whole_call_and_stores_n
     assert not [p for p in quarantine.rglob("*") if p.is_file()], "nothing half-stored"
     assert env.storage.list(__import__("exports.storage").storage.RequestQuery()).total == 0
     assert env.audit.refusals()[-1]["details"]["reason"] == "invisible_characters"
+
+
+def test_file_names_follow_the_character_rules(tmp_path):
+    env = make_env(tmp_path)
+    env.write("out/fig\u202egnp.csv", "a,b\n1,2\n")
+    env.write("out/t\u200b\u200c.csv", "a,b\n1,2\n")
+    for name, shown in (("out/fig\u202egnp.csv", "U+202E"), ("out/t\u200b\u200c.csv", "U+200B")):
+        with pytest.raises(FileRefused) as caught:
+            env.workflow.create(researcher(), "demo-cardio", [group([name])])
+        assert "the file name holds" in str(caught.value) and shown in str(caught.value)
 
 
 def test_an_older_database_gains_the_original_columns(tmp_path):
