@@ -256,7 +256,10 @@ def _already_canonical(text: str, sep: str, limits: Limits) -> bytes | None:
 
 
 def _needs_squash(text: str, sep: str) -> bool:
-    return text.startswith(" ") or any(s in text for s in ("  ", " \n", "\n ", f" {sep}", f"{sep} ", ' "', '" '))
+    """Whether some cell may start or end with a space or hold two in a row: such a space touches a
+    separator, a line end, a quote, or the start or end of the text."""
+    edges = ("  ", " \n", "\n ", " \r", "\r ", f" {sep}", f"{sep} ", ' "', '" ')
+    return text.startswith(" ") or text.endswith(" ") or any(e in text for e in edges)
 
 
 def _squash(cell: str) -> str:
@@ -399,7 +402,10 @@ def _json(text: str, limits: Limits, label: str) -> bytes:
     except (RecursionError, ValueError) as exc:
         raise NotCanonical(f"{label}: JSON cannot be read ({str(exc)[:120]})", "not_canonical") from None
     _check_json(value, limits, label)
-    out = json.dumps(value, sort_keys=True, indent=1, separators=(",", ": "), ensure_ascii=False, allow_nan=False)
+    try:
+        out = json.dumps(value, sort_keys=True, indent=1, separators=(",", ": "), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise NotCanonical(f"{label}: a number is out of range for JSON (it reads as infinity)", "not_canonical") from None
     return _size_capped((out + "\n").encode("utf-8"), limits, label)
 
 

@@ -111,8 +111,13 @@ def column_medians(frame: pl.DataFrame) -> dict[str, float]:
 
 
 def _table(data: bytes, sep: str) -> CheckResult:
-    frame = pl.read_csv(io.BytesIO(data), separator=sep, infer_schema=False, has_header=True,
-                        raise_if_empty=False, quote_char='"')  # fmt: skip
+    try:
+        frame = pl.read_csv(io.BytesIO(data), separator=sep, infer_schema=False, has_header=True,
+                            raise_if_empty=False, quote_char='"')  # fmt: skip
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        return CheckResult("capacity", "Carrying capacity", CheckOutcome.REVIEW,
+                           f"{len(data)} bytes; the table could not be measured ({str(exc)[:100]}): read it whole",
+                           (), 0, {"bytes": len(data), "visible": "see the pages below"})  # fmt: skip
     medians = column_medians(frame)
     findings: list[Location] = []
     total = 0
