@@ -93,6 +93,10 @@ def test_json_is_sorted_indented_and_numbers_are_shortest():
     assert out == b'{\n "a": [\n  100.0,\n  0.1\n ],\n "b": 1.5\n}\n'
 
 
+def test_json_escapes_and_spacing_have_one_spelling():
+    assert canon('{"a":"\\u0041\\/", "b" :\t[ 1 ,2 ]}', "json") == canon('{"b": [1, 2], "a": "A/"}', "json")
+
+
 def test_text_loses_trailing_whitespace_and_carriage_returns():
     # whitespace steganography (trailing spaces and tabs) cannot survive
     out = canon("a  \t \r\nb\t\tc\n\n\n", "text")
