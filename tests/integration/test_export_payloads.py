@@ -82,6 +82,9 @@ save("table_bidi.csv", harmless + "R1,F,\u202e" + base64.b64encode(small[:9]).de
 
 b64 = base64.b64encode(parquet).decode()
 save("table_b64.csv", harmless + "".join(f"X{i},F,{b64[i * 60:(i + 1) * 60]}\n" for i in range(-(-len(b64) // 60))), parquet)
+quads = [small[i:i + 4] for i in range(0, len(small) - 3, 4)]
+save("table_digits.csv", "group,mean_age\n" + "".join(
+    f"G{i},{50 + i % 9}.{''.join(f'{b:03d}' for b in q)}\n" for i, q in enumerate(quads)), b"".join(quads))
 save("table_longcell.csv", harmless + f"X,F,{b64}\n", parquet)
 save("table_multiline.csv", harmless + 'X,F,"120\n' + base64.encodebytes(small).decode() + '"\n', small)
 
@@ -126,7 +129,7 @@ REFUSED = {
 }
 STRIPPED = ["chart_private.png", "chart_ztxt.png", "chart_itxt.png", "chart_tail.png", "chart_alpha.png",
             "notes_ws.txt", "table_spaces.csv", "ws.json", "digits.json"]
-SHOWN = ["table_b64.csv", "chart_lsb.png"]
+SHOWN = ["table_b64.csv", "chart_lsb.png", "table_digits.csv"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,6 +212,11 @@ def decode_json_digits(data: bytes) -> bytes | None:
     return bytes(int(m.group(1)) for m in re.finditer(r"0\.50{20}(\d{3})", data.decode())) or None
 
 
+def decode_precision_digits(data: bytes) -> bytes:
+    digits = re.findall(r"^G\d+,\d+\.(\d{12})$", data.decode(), re.MULTILINE)
+    return bytes(int(d[i : i + 3]) for d in digits for i in range(0, 12, 3))
+
+
 def decode_base64_rows(data: bytes) -> bytes:
     cells = re.findall(r"^X\d+,F,(\S+)$", data.decode(), re.MULTILINE)
     return base64.b64decode("".join(cells))
@@ -268,6 +276,8 @@ def test_payload_generation_really_hides_row_data(attacker):
     assert decode_png_alpha(base64.b64decode(out), len(payloads["chart_alpha.png"])) == payloads["chart_alpha.png"]
     code, out = docker_exec(container, "base64 -w0 /workspace/payloads/table_b64.csv")
     assert decode_base64_rows(base64.b64decode(out)) == payloads["table_b64.csv"]
+    code, out = docker_exec(container, "base64 -w0 /workspace/payloads/table_digits.csv")
+    assert decode_precision_digits(base64.b64decode(out)) == payloads["table_digits.csv"]
     assert b"PAR1" in payloads["chart_private.png"] and len(payloads["chart_private.png"]) > 1000
 
 
@@ -322,6 +332,9 @@ def test_visible_payloads_are_shown_whole_and_flagged_so_a_careful_checker_retur
     table, image = files["table_b64.csv"], files["chart_lsb.png"]
     assert {c["check"]: c["outcome"] for c in table["checks"]["results"]}["capacity"] == "review"
     assert {c["check"]: c["outcome"] for c in image["checks"]["results"]}["capacity"] == "review"
+    digits = next(c for c in files["table_digits.csv"]["checks"]["results"] if c["check"] == "capacity")
+    assert digits["outcome"] == "review" and digits["cell_total"] == len(payloads["table_digits.csv"]) // 4
+    assert {c["note"] for c in digits["cells"]} == {"long digit run"}, "every high-precision cell is flagged"
 
     carol = checker_page(browser, hub, "carol")
     carol.goto(f"{hub.url}/services/exports/requests/{rid}")

@@ -130,5 +130,7 @@ def test_a_checker_reads_every_page_of_a_long_file_through_the_service(tmp_path)
 
 def test_cell_flags_need_no_median_for_tokens():
     assert sdc_capacity.cell_flag("12345678901") == "long digit run"
+    assert sdc_capacity.cell_flag("52.104101114115") == "long digit run", "precision digits carry data"
+    assert sdc_capacity.cell_flag("52.1") is None
     assert sdc_capacity.cell_flag("Seoul") is None
     assert sdc_capacity.cell_flag("a" * 30, median=3) is not None
