@@ -54,6 +54,11 @@ def capacity_details(checks: FileChecks) -> dict[str, Any]:
     return dict(result.details) if result else {}
 
 
+def _text_of(data: bytes) -> str:
+    """Canonical bytes are UTF-8 without a BOM; versions frozen before canonical form may not be."""
+    return data.decode("utf-8", "replace").removeprefix("\ufeff")
+
+
 def pages(total: int, per_page: int) -> int:
     return max(1, -(-total // per_page))
 
@@ -64,7 +69,7 @@ def _page_of(number: int, per_page: int) -> int:
 
 def table_preview(data: bytes, filetype: str, checks: FileChecks, page: int = 1) -> dict[str, Any]:
     """One page of a canonical table, every cell as written, flagged cells marked."""
-    text = data.decode("utf-8")
+    text = _text_of(data)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=SEPARATORS[filetype])
     header = next(reader, [])
     rows = list(reader)
@@ -99,7 +104,7 @@ def table_preview(data: bytes, filetype: str, checks: FileChecks, page: int = 1)
 
 def text_preview(data: bytes, checks: FileChecks, page: int = 1) -> dict[str, Any]:
     """One page of a canonical text, every line whole (long lines wrap on the page), flagged lines marked."""
-    text = data.decode("utf-8")
+    text = _text_of(data)
     lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
     count = pages(len(lines), PAGE_LINES)
     page = min(max(page, 1), count)
