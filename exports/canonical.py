@@ -107,8 +107,8 @@ DEFAULT_IGNORABLE = (
     (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
     (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
 )  # fmt: skip
-BLANK_LOOKING = frozenset({0x2800, 0x1CBF})
-"""Printable code points that draw as nothing (braille blank, ...)."""
+BLANK_LOOKING = frozenset({0x2800})
+"""Printable code points that draw as nothing: the braille blank (Hangul fillers are default-ignorable)."""
 CATEGORY_WHY = {
     "Cc": "a control character",
     "Cf": "an invisible format character (zero-width or bidi)",
