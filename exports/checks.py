@@ -112,7 +112,7 @@ def _json(text: str, t: Thresholds, role: FileRole, label: str) -> list[CheckRes
         ) from None
     results = _text(text)
     if sdc_acro.looks_like_acro(obj):
-        results.extend(sdc_acro.acro_results(obj, t))
+        results.extend(sdc_acro.acro_results(obj, t, label))
         if role is FileRole.OUTPUT:
             results.append(
                 CheckResult(
