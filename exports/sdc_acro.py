@@ -68,7 +68,9 @@ def looks_like_acro(obj: Any) -> bool:
     return all(isinstance(e, Mapping) and ("status" in e or "uid" in e) for e in entries.values())
 
 
-def acro_results(obj: Mapping[str, Any], thresholds: Thresholds, label: str = "results.json") -> list[CheckResult]:
+def acro_results(
+    obj: Mapping[str, Any], thresholds: Thresholds, label: str = "results.json"
+) -> list[CheckResult]:
     """One result for the session, then one per ACRO output. FileRefused if the shape is not ACRO's."""
     entries = obj.get("results")
     if not isinstance(entries, Mapping):
@@ -128,7 +130,9 @@ def _validate_file(label: str, at: str, f: Any) -> None:
             isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p) for p in positions
         )
         if not ok:
-            raise _malformed(label, f"{at}.sdc.cells.{str(rule)[:MAX_NAME]!r}", "must be a list of [row, column]")
+            raise _malformed(
+                label, f"{at}.sdc.cells.{str(rule)[:MAX_NAME]!r}", "must be a list of [row, column]"
+            )
 
 
 def _session(obj: Mapping[str, Any], entries: Mapping[str, Any], t: Thresholds) -> CheckResult:
@@ -176,7 +180,9 @@ def _entry_result(uid: str, entry: Mapping[str, Any], t: Thresholds) -> CheckRes
         rule_counts={f"{RULE_TITLES.get(rule, 'rule')} ({rule})": n for rule, n in counts.items()},
         exception=str(entry.get("exception", ""))[:2000],
         files=[str(f.get("name"))[:200] for f in entry.get("files", [])][:50],
-        comments=[str(c)[:500] for c in entry.get("comments", []) if isinstance(entry.get("comments"), list)][:20],
+        comments=[str(c)[:500] for c in entry.get("comments", []) if isinstance(entry.get("comments"), list)][
+            :20
+        ],
     )
     message = str(entry.get("summary", "")) or "no summary"
     dof = _number(properties.get("dof"))
@@ -225,7 +231,9 @@ def _cells(entry: Mapping[str, Any]) -> list[Location]:
         for i, (row, verdict) in enumerate(rows.items()):
             verdict = str(verdict).strip().strip(";").strip()
             if verdict and verdict.lower() != "ok":
-                found.append(Location(i + 1, str(column)[:MAX_NAME], str(row)[:MAX_NAME], _rules_note(verdict)))
+                found.append(
+                    Location(i + 1, str(column)[:MAX_NAME], str(row)[:MAX_NAME], _rules_note(verdict))
+                )
     if found:
         return sorted(found, key=lambda c: (c.row, c.column))
     for f in entry.get("files", []):

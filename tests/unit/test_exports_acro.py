@@ -36,14 +36,23 @@ OLD = {
                 {
                     "name": "output_0_0.csv",
                     "sdc": {
-                        "summary": {"suppressed": False, "negative": 0, "missing": 0, "threshold": 2,
-                                    "p-ratio": 1, "nk-rule": 1, "all-values-are-same": 0},
+                        "summary": {
+                            "suppressed": False,
+                            "negative": 0,
+                            "missing": 0,
+                            "threshold": 2,
+                            "p-ratio": 1,
+                            "nk-rule": 1,
+                            "all-values-are-same": 0,
+                        },
                         "cells": {"threshold": [[0, 1], [2, 0]], "p-ratio": [[0, 1]], "nk-rule": [[0, 1]]},
                     },
                 }
             ],
-            "outcome": {"G": {"2010": "ok", "2011": "ok", "2012": "threshold; "},
-                        "N": {"2010": "threshold; p-ratio; nk-rule; ", "2011": "ok", "2012": "ok"}},
+            "outcome": {
+                "G": {"2010": "ok", "2011": "ok", "2012": "threshold; "},
+                "N": {"2010": "threshold; p-ratio; nk-rule; ", "2011": "ok", "2012": "ok"},
+            },
             "command": "acro.crosstab(df.year, df.grant_type)",
             "summary": "fail; threshold: 2 cells may need suppressing; p-ratio: 1 cells may need suppressing; ",
             "timestamp": "2024-01-01T00:00:00",
@@ -51,10 +60,17 @@ OLD = {
             "exception": "",
         },
         "output_1": {
-            "uid": "output_1", "status": "pass", "type": "regression",
-            "properties": {"method": "ols", "dof": 4.0}, "files": [{"name": "output_1_0.csv", "sdc": {}}],
-            "outcome": {}, "command": "acro.ols(...)", "summary": "pass; dof=4.0 >= 0",
-            "timestamp": "2024-01-01T00:00:00", "comments": [], "exception": "",
+            "uid": "output_1",
+            "status": "pass",
+            "type": "regression",
+            "properties": {"method": "ols", "dof": 4.0},
+            "files": [{"name": "output_1_0.csv", "sdc": {}}],
+            "outcome": {},
+            "command": "acro.ols(...)",
+            "summary": "pass; dof=4.0 >= 0",
+            "timestamp": "2024-01-01T00:00:00",
+            "comments": [],
+            "exception": "",
         },
     },
 }
@@ -82,7 +98,9 @@ def test_the_real_acro_1_results_are_read_by_their_new_rule_names_with_per_cell_
     assert dominated.details["rule_counts"]["NK dominance (NKCheck)"] == 1
     assert dominated.details["rule_counts"]["p% dominance (PPercentCheck)"] == 1
     notes = {(c.value, c.column): c.note for c in dominated.cells}
-    assert "NKCheck" in notes[("Sejong", "age_65_plus")] and "PPercentCheck" in notes[("Sejong", "age_65_plus")]
+    assert (
+        "NKCheck" in notes[("Sejong", "age_65_plus")] and "PPercentCheck" in notes[("Sejong", "age_65_plus")]
+    )
     regression = by_check["acro.output_5"]
     assert regression.outcome is CheckOutcome.PASS and regression.details["dof"] == 398
     assert "ACRO version 1.0.2, 8 output(s)" in by_check["acro.session"].message
@@ -92,8 +110,12 @@ def test_old_acro_results_are_read_by_the_old_rule_names():
     by_check = checks_of(OLD)
     table = by_check["acro.output_0"]
     assert table.details["rule_counts"] == {
-        "negative values (negative)": 0, "missing values (missing)": 0, "minimum threshold (threshold)": 2,
-        "p% dominance (p-ratio)": 1, "NK dominance (nk-rule)": 1, "all values the same (all-values-are-same)": 0,
+        "negative values (negative)": 0,
+        "missing values (missing)": 0,
+        "minimum threshold (threshold)": 2,
+        "p% dominance (p-ratio)": 1,
+        "NK dominance (nk-rule)": 1,
+        "all values the same (all-values-are-same)": 0,
     }
     assert {(c.value, c.column) for c in table.cells} == {("2012", "G"), ("2010", "N")}
     regression = by_check["acro.output_1"]
@@ -129,13 +151,23 @@ def _broken(path, value):
 
 MALFORMED = [
     (_broken(["results"], ["output_0"]), "results: must be an object"),
-    (_broken(["results", "output_0", "status"], "maybe"), "results.'output_0'.status: must be pass, fail or review"),
+    (
+        _broken(["results", "output_0", "status"], "maybe"),
+        "results.'output_0'.status: must be pass, fail or review",
+    ),
     (_broken(["results", "output_0", "files"], "output_0_0.csv"), "results.'output_0'.files: must be a list"),
-    (_broken(["results", "output_0", "files", 0, "sdc", "summary", "MinimumThresholdCheck"], "two"),
-     "files[0].sdc.summary.'MinimumThresholdCheck': must be a number"),
-    (_broken(["results", "output_0", "files", 0, "sdc", "cells", "MinimumThresholdCheck"], [[1]]),
-     "sdc.cells.'MinimumThresholdCheck': must be a list of [row, column]"),
-    (_broken(["results", "output_0", "outcome"], {"F": "ok"}), "results.'output_0'.outcome.'F': must be an object"),
+    (
+        _broken(["results", "output_0", "files", 0, "sdc", "summary", "MinimumThresholdCheck"], "two"),
+        "files[0].sdc.summary.'MinimumThresholdCheck': must be a number",
+    ),
+    (
+        _broken(["results", "output_0", "files", 0, "sdc", "cells", "MinimumThresholdCheck"], [[1]]),
+        "sdc.cells.'MinimumThresholdCheck': must be a list of [row, column]",
+    ),
+    (
+        _broken(["results", "output_0", "outcome"], {"F": "ok"}),
+        "results.'output_0'.outcome.'F': must be an object",
+    ),
     (_broken(["results", "output_1"], "fail"), "results.'output_1': must be an object"),
 ]
 
@@ -173,8 +205,9 @@ def _request_with_results(env, results: dict | str) -> str:
     return env.workflow.create(researcher("alice"), "demo-cardio", [group], submit=True).id
 
 
-@pytest.mark.parametrize("results", [REAL, OLD, EMPTY, SUMMARY_ONLY], ids=["acro-1.0.2", "acro-0.4", "empty",
-                                                                          "summary-only"])
+@pytest.mark.parametrize(
+    "results", [REAL, OLD, EMPTY, SUMMARY_ONLY], ids=["acro-1.0.2", "acro-0.4", "empty", "summary-only"]
+)
 def test_the_request_page_renders_with_every_kind_of_acro_results(svc, env, results):
     rid = _request_with_results(env, results)
     for who in (checker("carol"), researcher("alice", in_container=False)):
@@ -198,9 +231,16 @@ def test_a_malformed_results_file_is_refused_at_request_time_and_nothing_is_stor
 def test_a_malformed_results_file_is_refused_over_http_with_the_field_named(svc, env):
     env.write("results/table1.csv", SAFE_CSV)
     env.write("acro/results.json", json.dumps(_broken(["results", "output_0", "files"], 3)))
-    body = {"paths": ["results/table1.csv"], "supporting": ["acro/results.json"], "context": "c", "controls": "c"}
+    body = {
+        "paths": ["results/table1.csv"],
+        "supporting": ["acro/results.json"],
+        "context": "c",
+        "controls": "c",
+    }
     response = requests.post(
-        svc.url + "api/requests", json=body, timeout=30,
+        svc.url + "api/requests",
+        json=body,
+        timeout=30,
         headers={"Authorization": f"token {svc.token(researcher('alice'))}"},
     )
     assert response.status_code == 400, response.text

@@ -3,14 +3,13 @@ expected cells, and refuse bytes that do not match their extension."""
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 
 import pytest
 
 from exports.checks import run_checks
-from exports.domain import CheckOutcome, FileRefused, FileRole
+from exports.domain import CheckOutcome, FileRefused
 from exports.projects import Thresholds
 from exports.sdc_identifiers import find_identifiers
 
@@ -213,9 +212,11 @@ def test_text_files_report_lines_of_each_identifier():
     assert checks.outcome is CheckOutcome.FAIL
 
 
-def test_clean_text_passes():
-    _, checks = results("Mean age 54.2 years (SD 8.1); 1,234 participants.\n", "txt")
+def test_clean_text_passes_and_numbers_in_prose_are_left_for_review():
+    _, checks = results("The cohort is described in the protocol.\n", "txt")
     assert checks.outcome is CheckOutcome.PASS
+    by_check, _ = results("Mean age 54.2 years (SD 8.1); 1,234 participants.\n", "txt")
+    assert by_check["prose_numbers"].outcome is CheckOutcome.REVIEW
 
 
 def test_invalid_json_is_refused_with_its_position():

@@ -1,0 +1,217 @@
+"""Table checks that must never pass what they cannot see: annotated counts, tables of statistics,
+percentages with their totals, suppressed cells the totals give back, and tables inside Markdown and
+JSON files. Several tests are written as the hostile researcher's table: each leaks a small count past
+the checks as they were before issue 10, and must now fail or be sent for review."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exports.checks import run_checks
+from exports.domain import CheckOutcome
+from exports.projects import Thresholds
+from exports.sdc_tables import STATISTICS_MESSAGE
+
+T = Thresholds()
+FAIL, REVIEW, PASS = CheckOutcome.FAIL, CheckOutcome.REVIEW, CheckOutcome.PASS
+
+
+def check(text: str, filetype: str = "csv", thresholds: Thresholds = T, **kw):
+    checks = run_checks(text.encode(), filetype, thresholds, label="t", **kw)
+    return {r.check: r for r in checks.results}, checks.outcome
+
+
+def flagged(result) -> set[tuple[int, str]]:
+    return {(c.row, c.column) for c in result.cells}
+
+
+@pytest.mark.parametrize(
+    "cell",
+    ["3 (0.6%)", "3 (0.6 %)", "3*", "3 *", "3†", "n=3", "N = 3", "<5", "≤5", "<=5", "< 2", "3 [1.5%]"],
+)
+def test_every_annotated_count_form_is_read_as_a_count_and_fails(cell):
+    by_check, outcome = check(f'region,cases\nSeoul,120\nBusan,"{cell}"\nJeju,45\n')
+    assert by_check["min_count"].outcome is FAIL, by_check["min_count"].message
+    assert flagged(by_check["min_count"]) == {(2, "cases")}
+    assert outcome is FAIL
+
+
+@pytest.mark.parametrize("cell", ["3 (0.6%)", "3*", "n=3", "<5", "≤5"])
+def test_annotated_counts_under_a_name_that_says_nothing_are_counts_too(cell):
+    by_check, _ = check(f'region,F\nSeoul,120\nBusan,"{cell}"\n')
+    assert flagged(by_check["min_count"]) == {(2, "F")}
+
+
+def test_a_suppression_marker_at_the_threshold_is_not_a_small_count():
+    by_check, _ = check("region,cases\nSeoul,120\nBusan,<10\nJeju,≤9\nUlsan,*\n")
+    assert by_check["min_count"].outcome is PASS
+
+
+def test_n_equals_inside_a_label_cell_is_a_count():
+    by_check, outcome = check("group,mean_age\nSeoul (n=3),54.2\nBusan (n=140),51.0\n")
+    assert flagged(by_check["min_count"]) == {(1, "group")}
+    assert outcome is FAIL
+
+
+def test_count_columns_named_like_a_band_are_not_labels():
+    by_check, _ = check("region,age_18_39,age_40_49,age_65_plus\nSeoul,40,3,22\nBusan,31,25,0\n")
+    assert flagged(by_check["min_count"]) == {(1, "age_40_49")}
+    assert flagged(by_check["zeros"]) == {(2, "age_65_plus")}
+    assert "age_40_49" in by_check["statistics"].details["columns"]["count?"]
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "region,sum_cost\nSeoul,350000\nBusan,420000\n",  # a sum over 7 people
+        "region,total_cost\nSeoul,350000\nBusan,420000\n",
+        "region,mean_bmi\nSeoul,26.1\nBusan,25.3\n",
+        "region,median_los\nSeoul,4\nBusan,6\n",
+        "region,rate_per_1000\nSeoul,3.2\nBusan,1.1\n",
+        "region,F,M\nSeoul,26.1,25.0\nBusan,25.3,27.9\n",  # means under names that say nothing
+    ],
+)
+def test_tables_of_statistics_are_reviewed_never_passed(table):
+    by_check, outcome = check(table)
+    assert by_check["statistics"].outcome is REVIEW
+    assert STATISTICS_MESSAGE in by_check["statistics"].message
+    assert (
+        STATISTICS_MESSAGE
+        == "cannot check threshold, dominance or p% without the counts and contributions behind each cell"
+    )
+    assert by_check["min_count"].outcome is REVIEW
+    assert outcome is not PASS
+
+
+def test_attack_whole_number_sums_under_plain_names_do_not_pass():
+    """The sum of 7 people's costs is a large whole number, exactly like a count: before, it passed."""
+    by_check, outcome = check("region,F,M\nSeoul,350000,420000\nBusan,1250000,980000\n")
+    assert by_check["statistics"].outcome is REVIEW and "whole-number sums" in by_check["statistics"].message
+    assert outcome is REVIEW
+
+
+def test_declared_count_columns_are_counts_without_review():
+    by_check, outcome = check("region,F,M\nSeoul,350,420\nBusan,125,98\n", count_columns=("F", "M"))
+    assert by_check["statistics"].outcome is PASS and outcome is PASS
+
+
+def test_attack_a_percentage_with_its_total_beside_it_gives_the_count_back():
+    by_check, outcome = check("region,pct,total\nSeoul,1.5,200\nBusan,40.0,300\nJeju,0.0,150\n")
+    assert flagged(by_check["min_count"]) == {(1, "pct")}  # 1.5% of 200 is 3 people
+    assert flagged(by_check["zeros"]) == {(3, "pct")}  # 0% says nobody in Jeju
+    assert outcome is FAIL
+
+
+def test_attack_numbers_the_checks_cannot_read_are_not_passed():
+    by_check, outcome = check("region,n\nSeoul,120\nBusan,3 people\nJeju,45\nUlsan,60\nDaegu,77\n")
+    assert flagged(by_check["statistics"]) == {(2, "n")}
+    assert outcome is not PASS
+
+
+# ------------------------------------------------------------------------------------------------
+# secondary disclosure within one table
+
+
+def test_a_suppressed_cell_given_back_by_the_row_total_fails_naming_it():
+    by_check, outcome = check("region,F,M,Total\nSeoul,40,<10,52\nBusan,30,25,55\n")
+    result = by_check["secondary_suppression"]
+    assert result.outcome is FAIL and flagged(result) == {(1, "M")}
+    assert "recoverable from the totals: 12" in result.cells[0].note
+    assert outcome is FAIL
+
+
+def test_a_suppressed_cell_given_back_by_the_totals_row_fails():
+    by_check, _ = check("region,F,M\nSeoul,40,*\nBusan,30,25\nTotal,70,31\n")
+    assert flagged(by_check["secondary_suppression"]) == {(1, "M")}
+
+
+def test_a_chain_of_suppressions_is_solved_as_an_attacker_would():
+    # row 1 has two hidden cells, but column F's total gives one back, then the row total the other
+    table = "region,F,M,All\nSeoul,*,*,52\nBusan,30,25,55\nTotal,42,65,107\n"
+    by_check, _ = check(table)
+    assert flagged(by_check["secondary_suppression"]) == {(1, "F"), (1, "M")}
+
+
+def test_an_unnamed_margin_is_found_by_its_sums():
+    by_check, _ = check("region,a,b,c\nSeoul,40,-,52\nBusan,30,25,55\nJeju,20,22,42\n")
+    assert flagged(by_check["secondary_suppression"]) == {(1, "b")}
+
+
+def test_complementary_suppression_holds():
+    table = "region,F,M,Total\nSeoul,*,*,52\nBusan,*,*,55\nJeju,20,22,42\nTotal,,,149\n"
+    by_check, _ = check(table)
+    assert by_check["secondary_suppression"].outcome is PASS
+
+
+# ------------------------------------------------------------------------------------------------
+# tables inside Markdown and JSON
+
+
+MARKDOWN = """# Results
+
+Table 1 shows the cohort.
+
+| region | cases | pct |
+|--------|------:|----:|
+| Seoul  | 120   | 40.0 |
+| Busan  | 3 (1.0%) | 1.0 |
+
+Table 2.
+
+| region | F | M | Total |
+|---|---|---|---|
+| Seoul | 40 | <10 | 52 |
+| Busan | 30 | 25 | 55 |
+"""
+
+
+def test_markdown_tables_are_checked_as_tables_with_their_line_numbers():
+    by_check, outcome = check(MARKDOWN, "md")
+    assert flagged(by_check["min_count"]) == {(8, "cases")}
+    assert flagged(by_check["secondary_suppression"]) == {(14, "M")}
+    assert outcome is FAIL
+
+
+def test_a_markdown_table_of_means_is_reviewed():
+    by_check, outcome = check("| region | mean_bmi |\n|---|---|\n| Seoul | 26.1 |\n", "txt")
+    assert by_check["statistics"].outcome is REVIEW and outcome is REVIEW
+
+
+@pytest.mark.parametrize(
+    "doc,cell",
+    [
+        ([{"region": "Seoul", "n": 120}, {"region": "Busan", "n": 3}], (2, "n")),
+        ({"Seoul": 120, "Busan": 3}, (2, "entry")),
+        ({"F": {"Seoul": 120, "Busan": 3}, "M": {"Seoul": 40, "Busan": 41}}, (2, "F")),
+        ({"columns": ["region", "n"], "data": [["Seoul", 120], ["Busan", 3]]}, (2, "n")),
+        (
+            {
+                "figure": "fig1",
+                "tables": {"by_region": [{"region": "Seoul", "n": 120}, {"region": "Busan", "n": 3}]},
+            },
+            (2, "n"),
+        ),
+    ],
+    ids=["records", "object-of-numbers", "object-of-columns", "split", "nested"],
+)
+def test_json_tables_are_checked_as_tables(doc, cell):
+    by_check, outcome = check(json.dumps(doc), "json")
+    assert cell in flagged(by_check["min_count"])
+    assert outcome is FAIL
+
+
+def test_a_json_object_of_means_is_reviewed():
+    by_check, outcome = check(json.dumps({"Seoul": 26.1, "Busan": 25.3}), "json")
+    assert by_check["statistics"].outcome is REVIEW and outcome is REVIEW
+
+
+def test_prose_counts_are_checked():
+    by_check, outcome = check("Only a few were seen in Jeju (n=3).\n", "md")
+    assert by_check["prose_numbers"].outcome is FAIL and outcome is FAIL
+
+
+def test_a_clean_count_table_still_passes():
+    by_check, outcome = check("sex,age_band,n\nF,40-49,120\nM,40-49,135\n")
+    assert outcome is PASS, {k: r.message for k, r in by_check.items() if r.outcome is not PASS}
