@@ -1,13 +1,19 @@
 """Run inside a throwaway notebook-image container (network none, uid 1000) to make ACRO's own verdicts.
 
-Usage: python make_acro_outputs.py OUT_DIR [SEED]
+Usage: python make_acro_outputs.py OUT_DIR [SEED ...]   (one OUT_DIR/seed-<SEED>/ per seed)
 
 Generates seeded microdata, builds frequency, mean and sum tables with the ``acro`` package installed
 in the image (suppression off, so every cell is written), and a regression; then writes:
 
-- OUT_DIR/acro/results.json      ACRO's own results file (``acro.finalise``)
-- OUT_DIR/tables/<name>.csv      each table flattened to a plain CSV (first column: the row label)
-- OUT_DIR/verdicts.json          {name: {"kind": ..., "cells": {check: [[row, col], ...]}}} from ACRO
+- OUT_DIR/seed-<SEED>/acro/results.json      ACRO's own results file (``acro.finalise``)
+- OUT_DIR/seed-<SEED>/tables/<name>.csv     each table flattened to a plain CSV (first column: the row label)
+- OUT_DIR/seed-<SEED>/verdicts.json      {name: {"kind": ..., "cells": {check: [[row, col], ...]}}} from ACRO
+
+tests/acro/results-acro-1.0.2.json is seed-20261201/acro/results.json, made with the notebook image of
+this commit's images/notebook/requirements.txt (acro 1.0.2):
+
+    docker run --rm --network none -u 1000:1000 -v $PWD/tests/acro:/src:ro -v /tmp/out:/out -w /tmp \
+        enclave/notebook:0.1 python /src/make_acro_outputs.py /out 20261201
 
 Row and column positions are ACRO's: 0-based over the table's data cells, without the label column.
 """
@@ -33,6 +39,7 @@ def microdata(seed: int, n: int = 400) -> pd.DataFrame:
             "agegroup": rng.choice(["age_18_39", "age_40_49", "age_50_64", "age_65_plus"], size=n),
             "cost": rng.integers(1000, 90000, size=n),
             "bmi": rng.normal(26.0, 4.0, size=n).round(1),
+            "dx": rng.choice(["I10", "E11", "C50", "G35", "Q90"], size=n, p=[0.6, 0.3, 0.07, 0.02, 0.01]),
         }
     )
     # one dominant contributor: NK and p% must fire on its cell
@@ -54,6 +61,7 @@ def main(out: str, seed: int) -> None:
     made: dict[str, tuple[str, pd.DataFrame]] = {}
     made["freq_region_sex"] = ("count", acro.crosstab(df.region, df.sex))
     made["freq_region_age"] = ("count", acro.crosstab(df.region, df.agegroup))
+    made["freq_region_dx"] = ("count", acro.crosstab(df.region, df.dx))
     made["mean_cost"] = ("mean", acro.crosstab(df.region, df.sex, values=df.cost, aggfunc="mean"))
     made["sum_cost"] = ("sum", acro.crosstab(df.region, df.sex, values=df.cost, aggfunc="sum"))
     made["mean_bmi_age"] = ("mean", acro.crosstab(df.region, df.agegroup, values=df.bmi, aggfunc="mean"))
@@ -73,4 +81,5 @@ def main(out: str, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 20261201)
+    for seed in sys.argv[2:] or ["20261201"]:
+        main(f"{sys.argv[1]}/seed-{seed}", int(seed))

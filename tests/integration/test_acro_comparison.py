@@ -1,0 +1,127 @@
+"""Our automated checks against ACRO's own, cell by cell, on tables ACRO built from the same microdata.
+
+Seeded microdata is generated and tabulated by the ``acro`` package of the notebook image, inside a
+throwaway container of that image (no network, uid 1000): frequency tables, mean and sum tables, and a
+regression. ACRO's tables are written as plain CSVs with its per-cell verdicts beside them. On the host,
+our checks read the same CSVs. No cell ACRO fails may come out as pass: on frequency tables the cell
+itself must fail here too; on mean and sum tables (where threshold, NK and p% need the microdata) the
+table must be sent for review or fail. ACRO's results.json from the same run must be read by its own
+rule names.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import docker
+import pytest
+
+from exports.checks import run_checks
+from exports.domain import CheckOutcome, FileRole, worst
+from exports.projects import Thresholds
+from tests.harness import IMAGE
+
+pytestmark = pytest.mark.integration
+
+SCRIPT_DIR = Path(__file__).parents[1] / "acro"
+SEEDS = ("11", "2026", "90210")
+T = Thresholds()
+
+
+@pytest.fixture(scope="module")
+def acro_runs():
+    out = Path(tempfile.mkdtemp(prefix="enclave-acro-compare-", dir="/var/tmp"))
+    out.chmod(0o777)  # written by uid 1000 inside the container
+    client = docker.from_env()
+    try:
+        client.containers.run(
+            IMAGE,
+            ["python", "/src/make_acro_outputs.py", "/out", *SEEDS],
+            user="1000:1000",
+            network_mode="none",
+            working_dir="/tmp",
+            volumes={str(SCRIPT_DIR): {"bind": "/src", "mode": "ro"}, str(out): {"bind": "/out", "mode": "rw"}},
+            environment={"HOME": "/tmp", "MPLCONFIGDIR": "/tmp"},
+            remove=True,
+        )
+        yield {seed: out / f"seed-{seed}" for seed in SEEDS}
+    finally:
+        client.close()
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _tables(run: Path):
+    verdicts = json.loads((run / "verdicts.json").read_text())
+    for name, verdict in verdicts.items():
+        data = (run / "tables" / f"{name}.csv").read_bytes()
+        header = data.decode().splitlines()[0].split(",")
+        failed = {
+            (row + 1, header[col + 1], rule)
+            for rule, positions in verdict["cells"].items()
+            if rule not in ("RequiredZeroCheck", "PresenceOfLinkedTableCheck")
+            for row, col in positions
+        }
+        yield name, verdict["kind"], data, failed
+
+
+def _cell_outcome(checks, row: int, column: str) -> CheckOutcome:
+    """What our checks say about one cell: every result naming it, and every table-wide verdict."""
+    naming = [r.outcome for r in checks.results if any((c.row, c.column) == (row, column) for c in r.cells)]
+    table_wide = [r.outcome for r in checks.results if r.check == "statistics"]
+    return worst(naming + table_wide)
+
+
+def test_no_cell_acro_fails_passes_our_checks(acro_runs):
+    compared = {"count": 0, "mean": 0, "sum": 0}
+    for seed, run in acro_runs.items():
+        for name, kind, data, failed in _tables(run):
+            checks = run_checks(data, "csv", T, label=f"seed {seed} {name}.csv")
+            for row, column, rule in failed:
+                compared[kind] += 1
+                seen = _cell_outcome(checks, row, column)
+                assert seen is not CheckOutcome.PASS, (seed, name, row, column, rule)
+                if kind == "count":
+                    # a frequency table's cell must fail on its own, not just ride on a table-wide review
+                    own = worst(
+                        r.outcome for r in checks.results if any((c.row, c.column) == (row, column) for c in r.cells)
+                    )
+                    assert own is CheckOutcome.FAIL, (seed, name, row, column, rule)
+            if kind in ("mean", "sum"):
+                by_check = {r.check: r for r in checks.results}
+                assert by_check["statistics"].outcome is CheckOutcome.REVIEW, (seed, name)
+                assert checks.outcome is not CheckOutcome.PASS
+    assert compared["count"] and compared["mean"] and compared["sum"], compared
+
+
+def test_frequency_tables_declared_as_counts_fail_exactly_where_acro_fails(acro_runs):
+    for run in acro_runs.values():
+        for name, kind, data, failed in _tables(run):
+            if kind != "count":
+                continue
+            header = data.decode().splitlines()[0].split(",")
+            checks = run_checks(data, "csv", T, label=name, count_columns=tuple(header[1:]))
+            ours = {
+                (c.row, c.column)
+                for r in checks.results
+                if r.check in ("min_count", "zeros") and r.outcome is CheckOutcome.FAIL
+                for c in r.cells
+            }
+            assert ours == {(row, column) for row, column, _ in failed}, name
+
+
+def test_the_results_json_of_this_acro_is_read_by_its_rule_names(acro_runs):
+    run = next(iter(acro_runs.values()))
+    data = (run / "acro" / "results.json").read_bytes()
+    checks = run_checks(data, "json", T, label="results.json", role=FileRole.SUPPORTING)
+    reported = [r for r in checks.results if r.source == "researcher-acro" and r.check != "acro.session"]
+    verdicts = json.loads((run / "verdicts.json").read_text())
+    by_check = {r.check: r for r in reported}
+    for verdict in verdicts.values():
+        result = by_check[f"acro.{verdict['acro_output']}"]
+        expected = sum(len(p) for rule, p in verdict["cells"].items() if rule == "MinimumThresholdCheck")
+        assert result.details["rule_counts"].get("minimum threshold (MinimumThresholdCheck)", 0) == expected
+        if expected:
+            assert result.outcome is CheckOutcome.FAIL and result.cells
