@@ -289,27 +289,54 @@ def _int(text: pl.Series, pattern: str, group: int = 1) -> pl.Series:
 
 
 def _read_column(table: ParsedTable, name: str, text: pl.Series) -> None:
+    blank = text.is_null() | (text == "")
+    plain = _int(text, PLAIN)
+    rest = plain.is_null() & ~blank
+    if not bool(rest.any()):  # the common case: plain numbers and blanks only
+        none = pl.Series(name, [None] * len(text), dtype=pl.Float64)
+        _keep_numbers(table, name, text, blank, plain, none, none, none, none, none)
+        return
     n_eq = _int(text, N_EQUALS)
     if n_eq.is_not_null().any():
         table.n_equals[name] = n_eq
-    plain = _int(text, PLAIN)
     percent = _int(text, PERCENT_CELL)
     share = _int(text, WITH_SHARE)
     footnote = _int(text, FOOTNOTE)
     bound_value = _int(text, BOUND, 2)
     strict = text.str.extract(BOUND, 1).is_in(["<", "＜"]).fill_null(False)
+    bound = pl.select(pl.when(strict).then(bound_value - 1).otherwise(bound_value)).to_series()
+    _keep_numbers(table, name, text, blank, plain, percent, share, footnote, n_eq, bound)
+
+
+def _keep_numbers(
+    table: ParsedTable,
+    name: str,
+    text: pl.Series,
+    blank: pl.Series,
+    plain: pl.Series,
+    percent: pl.Series,
+    share: pl.Series,
+    footnote: pl.Series,
+    n_eq: pl.Series,
+    bound: pl.Series,
+) -> None:
+    """Record the column as numeric if at least 80% of its filled, unsuppressed cells read as numbers."""
     value = pl.select(pl.coalesce([plain, percent, share, footnote, n_eq]).alias(name)).to_series()
-    blank = text.is_null() | (text == "")
-    marker = text.str.contains(MARKER).fill_null(False) | bound_value.is_not_null()
+    marker = bound.is_not_null()
+    if bool((value.is_null() & ~blank).any()):
+        marker = marker | text.str.contains(MARKER).fill_null(False)
     filled = int((~blank & ~marker).sum())
     read = int(value.is_not_null().sum())
     if not read or read < 0.8 * filled:
         return
-    ambiguous = share.is_not_null() & (text.str.extract(WITH_SHARE, 2) != "%").fill_null(False)
+    if share.is_not_null().any():
+        ambiguous = share.is_not_null() & (text.str.extract(WITH_SHARE, 2) != "%").fill_null(False)
+    else:
+        ambiguous = share.is_not_null()
     table.numbers[name] = value
     table.annotated[name] = (share.is_not_null() & ~ambiguous) | footnote.is_not_null() | n_eq.is_not_null()
     table.ambiguous[name] = ambiguous
-    table.bounds[name] = pl.select(pl.when(strict).then(bound_value - 1).otherwise(bound_value)).to_series()
+    table.bounds[name] = bound
     table.suppressed[name] = blank | marker
     table.unreadable[name] = value.is_null() & ~blank & ~marker & text.str.contains(DIGIT).fill_null(False)
     table.percent_cells[name] = percent.is_not_null()
