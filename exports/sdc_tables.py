@@ -213,6 +213,9 @@ LABEL_WORDS = frozenset(
         "구분",
     ]
 )
+YEAR_WORDS = frozenset(["year", "yr", "연도"])
+OTHER_DIGITS = r"[\d&&[^0-9]]"
+"""Digits the checks do not read (fullwidth, Arabic-Indic, ...): a count written in them is left for review."""
 TOTAL_LABEL = r"(?i)^\s*(total|totals|all|overall|sum|합계|계|전체|총계)\s*$"
 
 NUM = r"[+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?|[+-]?\.[0-9]+"
@@ -371,9 +374,14 @@ def _kind(table: ParsedTable, name: str, declared: Sequence[str]) -> str:
         return COUNT
     if not whole:
         return STATISTIC
-    if w and w <= LABEL_WORDS and not annotated:
+    if w and w <= LABEL_WORDS and not annotated and not _implausible_year(w, values):
         return LABEL
     return MAYBE_COUNT
+
+
+def _implausible_year(w: set[str], values: pl.Series) -> bool:
+    """A "year" column of 3 and 5 is a count column under a label's name."""
+    return bool(w & YEAR_WORDS) and not bool(((values >= 1800) & (values <= 2200)).all())
 
 
 def _total_column(table: ParsedTable, name: str, kinds: dict[str, str]) -> bool:
@@ -429,6 +437,10 @@ def _statistics(table: ParsedTable, kinds: dict[str, str]) -> CheckResult:
     for name, kind in kinds.items():
         by_kind.setdefault(kind, []).append(name)
     unreadable = [(c, m, "numbers the checks cannot read") for c, m in table.unreadable.items() if c in kinds]
+    unreadable += [
+        (c, table.frame[c].str.contains(OTHER_DIGITS).fill_null(False), "digits the checks do not read")
+        for c in table.frame.columns
+    ]
     ambiguous = [(c, m, "n (%) or mean (SD)?") for c, m in table.ambiguous.items() if bool(m.any())]
     cells, total = _cells(table, unreadable + ambiguous)
     details = {"columns": by_kind}
@@ -473,6 +485,8 @@ def _min_count(
         for c, n, note in ((c, m, f"recovered count {low}") for c, m, _ in recovered)
     ]
     cells, total = _cells(table, masks)
+    header = _header_counts(table, lambda n: 0 < n < t.min_count, f"n= in the header {low}")
+    cells, total = header + cells, total + len(header)
     checked = counts + [c for c in table.n_equals if c not in counts] + [c for c, _, _ in recovered]
     details = {"count_columns": counts, "kinds": kinds}
     if total:
@@ -503,12 +517,24 @@ def _min_count(
     )
 
 
+def _header_counts(table: ParsedTable, hit: Any, note: str) -> tuple[Location, ...]:
+    """``Treated (n=3)`` in a column name: the size of the whole column's group (row 0 is the header)."""
+    found = []
+    for name in table.frame.columns:
+        for m in re.finditer(N_EQUALS, name):
+            if hit(int(m.group(1).replace(",", ""))):
+                found.append(Location(0, name, name, note))
+    return tuple(found)
+
+
 def _zeros(table: ParsedTable, counts: list[str], recovered: list[Mask], t: Thresholds) -> CheckResult:
     title = "Zero cells" + (" (disclosive in this project)" if t.zeros_disclosive else "")
     masks: list[Mask] = [(c, table.numbers[c] == 0, "zero") for c in counts]
     masks += [(c, n == 0, "n=0") for c, n in table.n_equals.items()]
     masks += [(c, m == 0, "zero share") for c, m, _ in recovered]
     cells, total = _cells(table, masks)
+    header = _header_counts(table, lambda n: n == 0, "n=0 in the header")
+    cells, total = header + cells, total + len(header)
     if not total:
         return CheckResult("zeros", title, CheckOutcome.PASS, "no zero cells in count columns")
     outcome = CheckOutcome.FAIL if t.zeros_disclosive else CheckOutcome.REVIEW

@@ -215,3 +215,33 @@ def test_prose_counts_are_checked():
 def test_a_clean_count_table_still_passes():
     by_check, outcome = check("sex,age_band,n\nF,40-49,120\nM,40-49,135\n")
     assert outcome is PASS, {k: r.message for k, r in by_check.items() if r.outcome is not PASS}
+
+
+# ------------------------------------------------------------------------------------------------
+# more of the hostile researcher's tables
+
+
+def test_attack_counts_under_a_year_column_name_are_still_counts():
+    by_check, outcome = check("region,year,n\nSeoul,3,120\nBusan,5,140\n")
+    assert flagged(by_check["min_count"]) == {(1, "year"), (2, "year")}
+    assert outcome is FAIL
+    by_check, outcome = check("region,year,n\nSeoul,2019,120\nBusan,2020,140\n")
+    assert outcome is PASS  # real years are labels
+
+
+def test_attack_a_group_size_in_the_header_is_a_count():
+    by_check, outcome = check("characteristic,Treated (n=3),Control (n=140)\nFemale,2,70\n")
+    assert (0, "Treated (n=3)") in flagged(by_check["min_count"])
+    assert outcome is FAIL
+
+
+def test_attack_counts_in_digits_the_checks_do_not_read_are_not_passed():
+    by_check, outcome = check("region,cases\nSeoul,１２０\nBusan,３\n")  # fullwidth digits
+    assert flagged(by_check["statistics"]) == {(1, "cases"), (2, "cases")}
+    assert outcome is not PASS
+
+
+def test_attack_a_transposed_table_is_still_checked():
+    by_check, outcome = check("measure,Seoul,Busan,Jeju\npatients,120,140,3\n")
+    assert flagged(by_check["min_count"]) == {(1, "Jeju")}
+    assert outcome is FAIL
