@@ -40,6 +40,8 @@ from exports.projects import Thresholds
 
 MAX_LISTED = 1000
 """Failing cells kept per check; the total is always reported."""
+MAX_SOLVED_CELLS = 100_000
+"""Count cells beyond which secondary suppression is not solved here (review instead): the solver is Python."""
 
 COUNT, MAYBE_COUNT, STATISTIC, PERCENT, LABEL = "count", "count?", "statistic", "percent", "label"
 
@@ -679,6 +681,14 @@ def _secondary(table: ParsedTable, kinds: dict[str, str]) -> CheckResult:
     hidden = {c: table.suppressed[c].fill_null(False).to_numpy() for c in counts}
     if not counts or not any(h.any() for h in hidden.values()):
         return CheckResult("secondary_suppression", title, CheckOutcome.PASS, "no suppressed count cells")
+    if table.frame.height * len(counts) > MAX_SOLVED_CELLS:
+        return CheckResult(
+            "secondary_suppression",
+            title,
+            CheckOutcome.REVIEW,
+            f"suppressed cells in a table of more than {MAX_SOLVED_CELLS:,} count cells: not solved here; "
+            "check by hand that the totals do not give them back",
+        )
     values = np.column_stack([table.numbers[c].fill_null(np.nan).to_numpy() for c in counts]).astype(float)
     unknown = np.column_stack([hidden[c] | np.isnan(values[:, j]) for j, c in enumerate(counts)])
     total_col = _find_total_column(table, counts, kinds, values, unknown)
@@ -691,12 +701,16 @@ def _secondary(table: ParsedTable, kinds: dict[str, str]) -> CheckResult:
             "suppressed cells, but no row or column totals in this table (other outputs may still give them back)",
         )
     solved = _peel(values.copy(), unknown.copy(), total_row, total_col)
-    masks: list[Mask] = []
-    for j, name in enumerate(counts):
-        for row, value in solved.get(j, {}).items():
-            mask = pl.Series([i == row for i in range(table.frame.height)])
-            masks.append((name, mask & pl.Series(hidden[name]), f"recoverable from the totals: {value:g}"))
-    cells, total = _cells(table, masks)
+    found = sorted(
+        (row, j, value) for j, rows in solved.items() for row, value in rows.items() if hidden[counts[j]][row]
+    )
+    cells = tuple(
+        Location(
+            row + 1, counts[j], str(table.frame[counts[j]][row]), f"recoverable from the totals: {value:g}"
+        )
+        for row, j, value in found[:MAX_LISTED]
+    )
+    total = len(found)
     if total:
         return CheckResult(
             "secondary_suppression",

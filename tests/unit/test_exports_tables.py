@@ -245,3 +245,11 @@ def test_attack_a_transposed_table_is_still_checked():
     by_check, outcome = check("measure,Seoul,Busan,Jeju\npatients,120,140,3\n")
     assert flagged(by_check["min_count"]) == {(1, "Jeju")}
     assert outcome is FAIL
+
+
+def test_a_table_too_large_to_solve_for_secondary_suppression_is_review_not_pass(monkeypatch):
+    from exports import sdc_tables
+
+    monkeypatch.setattr(sdc_tables, "MAX_SOLVED_CELLS", 4)
+    by_check, _ = check("region,F,M,Total\nSeoul,40,<10,52\nBusan,30,25,55\nJeju,20,20,40\n")
+    assert by_check["secondary_suppression"].outcome is REVIEW
