@@ -32,6 +32,8 @@ class FoundTable:
     frame: pl.DataFrame
     first_row: int
     """What data row 1 is called in findings: its line number in a text file, 1 in JSON."""
+    header_row: int = 0
+    """What the header (row 0) is called in findings: its line number in a text file, 0 in JSON."""
 
 
 def markdown_tables(text: str) -> tuple[list[FoundTable], set[int]]:
@@ -46,7 +48,7 @@ def markdown_tables(text: str) -> tuple[list[FoundTable], set[int]]:
             while end < len(lines) and "|" in lines[end] and lines[end].strip():
                 end += 1
             rows = [_cells(line) for line in lines[i + 2 : end]]
-            found.append(FoundTable(f"the table at line {i + 1}", _frame(header, rows), i + 3))
+            found.append(FoundTable(f"the table at line {i + 1}", _frame(header, rows), i + 3, i + 1))
             covered.update(range(i + 1, end + 1))
             i = end
         else:
@@ -138,13 +140,15 @@ def check_found(tables: Sequence[FoundTable], t: Thresholds) -> list[CheckResult
         if found.frame.width == 0 or found.frame.height == 0:
             continue
         for result in sdc_tables.check_counts(sdc_tables.read_frame(found.frame), t, ()):
-            merged.setdefault(result.check, []).append((found, _shift(result, found.first_row)))
+            merged.setdefault(result.check, []).append((found, _shift(result, found)))
     return [_merge(check, parts) for check, parts in merged.items()]
 
 
-def _shift(result: CheckResult, first_row: int) -> CheckResult:
-    cells = tuple(replace(c, row=c.row + first_row - 1) for c in result.cells)
-    return replace(result, cells=cells)
+def _shift(result: CheckResult, found: FoundTable) -> CheckResult:
+    def row(n: int) -> int:
+        return found.header_row if n == 0 else n + found.first_row - 1
+
+    return replace(result, cells=tuple(replace(c, row=row(c.row)) for c in result.cells))
 
 
 def _merge(check: str, parts: list[tuple[FoundTable, CheckResult]]) -> CheckResult:

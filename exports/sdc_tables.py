@@ -13,7 +13,9 @@ column's numbers are:
   does not carry: review, never pass.
 - **percent**: named like a percentage. The count behind it is recovered from a count or total column
   beside it and checked; without either, review.
-- **label**: named only like a label (year, age_band, region_code ...), with no value in the name.
+- **label**: named only like a label (year, age_band, region_code ...), with no value in the name, and
+  holding years that are years, or no number below the minimum count. Otherwise **label?** (review: a
+  "group" of 3 may be a count), or **count?** for a "year" that is not a year.
 
 Then: cells below the minimum count (default 10) fail, as do suppression markers narrower than it
 (``<5`` says 0 to 4); zeros fail where the project treats them as disclosive (ACRO's default); a
@@ -44,6 +46,7 @@ MAX_SOLVED_CELLS = 100_000
 """Count cells beyond which secondary suppression is not solved here (review instead): the solver is Python."""
 
 COUNT, MAYBE_COUNT, STATISTIC, PERCENT, LABEL = "count", "count?", "statistic", "percent", "label"
+MAYBE_LABEL = "label?"
 
 COUNT_WORDS = frozenset(
     [
@@ -356,12 +359,12 @@ def words(name: str) -> list[str]:
     return [w for w in re.split(r"[^0-9a-z%가-힣]+", spaced.lower()) if w]
 
 
-def classify(table: ParsedTable, declared: Sequence[str] = ()) -> dict[str, str]:
+def classify(table: ParsedTable, declared: Sequence[str] = (), min_count: int = 10) -> dict[str, str]:
     """The kind of every numeric column (see the module docstring)."""
-    return {name: _kind(table, name, declared) for name in table.numbers}
+    return {name: _kind(table, name, declared, min_count) for name in table.numbers}
 
 
-def _kind(table: ParsedTable, name: str, declared: Sequence[str]) -> str:
+def _kind(table: ParsedTable, name: str, declared: Sequence[str], min_count: int) -> str:
     w = set(words(name))
     values = table.numbers[name].drop_nulls()
     whole = bool((values >= 0).all()) and bool((values == values.floor()).all())
@@ -376,14 +379,17 @@ def _kind(table: ParsedTable, name: str, declared: Sequence[str]) -> str:
         return COUNT
     if not whole:
         return STATISTIC
-    if w and w <= LABEL_WORDS and not annotated and not _implausible_year(w, values):
-        return LABEL
+    if w and w <= LABEL_WORDS and not annotated:
+        return _label_kind(w, values, min_count)
     return MAYBE_COUNT
 
 
-def _implausible_year(w: set[str], values: pl.Series) -> bool:
-    """A "year" column of 3 and 5 is a count column under a label's name."""
-    return bool(w & YEAR_WORDS) and not bool(((values >= 1800) & (values <= 2200)).all())
+def _label_kind(w: set[str], values: pl.Series, min_count: int) -> str:
+    """Numbers under a label's name are labels only where counts could not hide in them: years that are
+    years, or no value below the minimum count. A "year" of 3 is a count; a "group" of 3 may be either."""
+    if w & YEAR_WORDS:
+        return LABEL if bool(((values >= 1800) & (values <= 2200)).all()) else MAYBE_COUNT
+    return LABEL if bool((values >= min_count).all()) else MAYBE_LABEL
 
 
 def _total_column(table: ParsedTable, name: str, kinds: dict[str, str]) -> bool:
@@ -401,7 +407,7 @@ def check_table(table: ParsedTable, thresholds: Thresholds, declared: Sequence[s
 
 def check_counts(table: ParsedTable, thresholds: Thresholds, declared: Sequence[str]) -> list[CheckResult]:
     """Every check but the identifier scan."""
-    kinds = classify(table, declared)
+    kinds = classify(table, declared, thresholds.min_count)
     counts = [c for c, k in kinds.items() if k in (COUNT, MAYBE_COUNT)]
     recovered = _recovered_counts(table, kinds)
     return [
@@ -456,6 +462,12 @@ def _statistics(table: ParsedTable, kinds: dict[str, str]) -> CheckResult:
             f"{', '.join(by_kind[MAYBE_COUNT])} hold whole numbers under names that do not say they are counts; "
             "they were checked as counts, but if they are sums (whole-number sums look the same), this service "
             f"{STATISTICS_MESSAGE}; declare count_columns if they are counts"
+        )
+    if by_kind.get(MAYBE_LABEL):
+        problems.append(
+            f"{', '.join(by_kind[MAYBE_LABEL])} hold numbers below the minimum count under a label's name "
+            "(group, rank, stage ...): read as labels, not checked as counts; declare count_columns if they "
+            "are counts"
         )
     if total:
         problems.append(f"{total} cell(s) hold numbers the checks could not read as counts")

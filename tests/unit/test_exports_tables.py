@@ -253,3 +253,21 @@ def test_a_table_too_large_to_solve_for_secondary_suppression_is_review_not_pass
     monkeypatch.setattr(sdc_tables, "MAX_SOLVED_CELLS", 4)
     by_check, _ = check("region,F,M,Total\nSeoul,40,<10,52\nBusan,30,25,55\nJeju,20,20,40\n")
     assert by_check["secondary_suppression"].outcome is REVIEW
+
+
+def test_attack_small_numbers_under_a_label_name_are_not_passed():
+    by_check, outcome = check("group,n\n3,120\n5,140\n")
+    assert "group" in by_check["statistics"].details["columns"]["label?"]
+    assert by_check["statistics"].outcome is REVIEW and outcome is REVIEW
+    by_check, outcome = check("age,n\n40,120\n50,140\n")
+    assert outcome is PASS  # ages of 40 and 50 could not hide a small count
+
+
+def test_a_group_size_in_a_markdown_header_is_flagged_on_the_header_line():
+    text = (
+        "Intro\n\n| characteristic | Treated (n=3) | Control (n=140) |\n|---|---|---|\n| Female | 2 | 70 |\n"
+    )
+    by_check, outcome = check(text, "md")
+    assert (3, "Treated (n=3)") in flagged(by_check["min_count"])
+    assert (5, "Treated (n=3)") in flagged(by_check["min_count"])
+    assert outcome is FAIL
