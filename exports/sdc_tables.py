@@ -48,177 +48,32 @@ MAX_SOLVED_CELLS = 100_000
 COUNT, MAYBE_COUNT, STATISTIC, PERCENT, LABEL = "count", "count?", "statistic", "percent", "label"
 MAYBE_LABEL = "label?"
 
-COUNT_WORDS = frozenset(
-    [
-        "n",
-        "count",
-        "counts",
-        "cnt",
-        "freq",
-        "frequency",
-        "frequencies",
-        "number",
-        "num",
-        "no",
-        "nobs",
-        "obs",
-        "patients",
-        "patient",
-        "persons",
-        "person",
-        "people",
-        "subjects",
-        "participants",
-        "individuals",
-        "cases",
-        "deaths",
-        "events",
-        "admissions",
-        "visits",
-        "users",
-        "respondents",
-        "births",
-        "members",
-        "명",
-        "수",
-        "건수",
-        "환자수",
-        "인원",
-        "빈도",
-    ]
+
+def _set(words: str) -> frozenset[str]:
+    """Words of column names, as one readable string per kind."""
+    return frozenset(words.split())
+
+
+COUNT_WORDS = _set(
+    "n count counts cnt freq frequency frequencies number num no nobs obs patients patient persons "
+    "person people subjects participants individuals cases deaths events admissions visits users "
+    "respondents births members 명 수 건수 환자수 인원 빈도"
 )
-TOTAL_WORDS = frozenset(["total", "totals", "all", "overall", "계", "합계", "전체", "총계"])
-STAT_WORDS = frozenset(
-    [
-        "sum",
-        "mean",
-        "means",
-        "avg",
-        "average",
-        "median",
-        "sd",
-        "std",
-        "stdev",
-        "stddev",
-        "se",
-        "sem",
-        "var",
-        "variance",
-        "rate",
-        "rates",
-        "ratio",
-        "min",
-        "max",
-        "minimum",
-        "maximum",
-        "iqr",
-        "q1",
-        "q3",
-        "p25",
-        "p50",
-        "p75",
-        "p90",
-        "p95",
-        "percentile",
-        "quantile",
-        "estimate",
-        "est",
-        "coef",
-        "coefficient",
-        "beta",
-        "or",
-        "hr",
-        "rr",
-        "irr",
-        "ci",
-        "lci",
-        "uci",
-        "lower",
-        "upper",
-        "lo",
-        "hi",
-        "cost",
-        "costs",
-        "amount",
-        "income",
-        "price",
-        "score",
-        "value",
-        "values",
-        "weight",
-        "height",
-        "bmi",
-        "los",
-        "days",
-        "duration",
-        "length",
-        "dose",
-        "sbp",
-        "dbp",
-        "incidence",
-        "prevalence",
-        "mortality",
-        "aggregate",
-        "agg",
-        "평균",
-        "중앙값",
-        "표준편차",
-        "비용",
-        "금액",
-    ]
+TOTAL_WORDS = _set("total totals all overall 계 합계 전체 총계")
+STAT_WORDS = _set(
+    "sum mean means avg average median sd std stdev stddev se sem var variance rate rates ratio min "
+    "max minimum maximum iqr q1 q3 p25 p50 p75 p90 p95 percentile quantile estimate est coef "
+    "coefficient beta or hr rr irr ci lci uci lower upper lo hi cost costs amount income price score "
+    "value values weight height bmi los days duration length dose sbp dbp incidence prevalence "
+    "mortality aggregate agg 평균 중앙값 표준편차 비용 금액"
 )
-PERCENT_WORDS = frozenset(
-    ["pct", "percent", "percentage", "prop", "proportion", "share", "fraction", "비율", "%"]
+PERCENT_WORDS = _set("pct percent percentage prop proportion share fraction 비율 %")
+LABEL_WORDS = _set(
+    "label id code year yr age month day date week time period rank index idx group grp band category "
+    "cat class level grade stage zip postcode region sido sigungu concept quarter decile quintile row "
+    "sex gender name type unnamed 연도 나이 지역 성별 구분"
 )
-LABEL_WORDS = frozenset(
-    [
-        "label",
-        "id",
-        "code",
-        "year",
-        "yr",
-        "age",
-        "month",
-        "day",
-        "date",
-        "week",
-        "time",
-        "period",
-        "rank",
-        "index",
-        "idx",
-        "group",
-        "grp",
-        "band",
-        "category",
-        "cat",
-        "class",
-        "level",
-        "grade",
-        "stage",
-        "zip",
-        "postcode",
-        "region",
-        "sido",
-        "sigungu",
-        "concept",
-        "quarter",
-        "decile",
-        "quintile",
-        "row",
-        "sex",
-        "gender",
-        "name",
-        "type",
-        "unnamed",
-        "연도",
-        "나이",
-        "지역",
-        "성별",
-        "구분",
-    ]
-)
-YEAR_WORDS = frozenset(["year", "yr", "연도"])
+YEAR_WORDS = _set("year yr 연도")
 OTHER_DIGITS = r"[\d&&[^0-9]]"
 """Digits the checks do not read (fullwidth, Arabic-Indic, ...): a count written in them is left for review."""
 TOTAL_LABEL = r"(?i)^\s*(total|totals|all|overall|sum|합계|계|전체|총계)\s*$"
