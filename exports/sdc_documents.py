@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Any
 
 import polars as pl
@@ -41,7 +42,7 @@ def markdown_tables(text: str) -> tuple[list[FoundTable], set[int]]:
     lines = text.splitlines()
     found, covered = [], set()
     i = 0
-    while i < len(lines) - 1 and len(found) < MAX_TABLES:
+    while i < len(lines) - 1 and len(found) <= MAX_TABLES:
         if "|" in lines[i] and SEPARATOR_ROW.match(lines[i + 1]) and "-" in lines[i + 1]:
             header = _cells(lines[i])
             end = i + 2
@@ -84,9 +85,9 @@ def _text(value: Any) -> str:
 
 
 def json_tables(obj: Any) -> list[FoundTable]:
-    """Arrays of records, objects of numbers, objects of columns ({col: {row: value}}) and pandas'
-    ``split`` layout, anywhere in the document."""
-    return list(_walk(obj, "$", 0))[:MAX_TABLES]
+    """Arrays of records or of numbers, objects of columns ({col: {row: value}}), pandas' ``split``
+    layout, and any object's own numbers (as one row named by their keys), anywhere in the document."""
+    return list(islice(_walk(obj, "$", 0), MAX_TABLES + 1))
 
 
 def _scalar(v: Any) -> bool:
@@ -100,14 +101,29 @@ def _walk(node: Any, path: str, depth: int) -> Iterator[FoundTable]:
     if table is not None:
         yield FoundTable(path, table, 1)
         return
+    if isinstance(node, Mapping):
+        loose = {str(k): v for k, v in node.items() if _number(v) or isinstance(v, str)}
+        if any(_number(v) for v in loose.values()):
+            # the object's own numbers, as a one-row table named by their keys ({"n": 3, "mean_age": 54.2})
+            yield FoundTable(path, _frame(list(loose), [list(loose.values())]), 1)
     children = (
         node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, list) else ()
     )
     for key, child in children:
-        yield from _walk(child, f"{path}[{key!r}]" if isinstance(key, str) else f"{path}[{key}]", depth + 1)
+        if not _scalar(child):
+            yield from _walk(
+                child, f"{path}[{key!r}]" if isinstance(key, str) else f"{path}[{key}]", depth + 1
+            )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _as_table(node: Any) -> pl.DataFrame | None:
+    """A table-shaped value: records, pandas' split layout, {column: {row: value}}, or a list of numbers."""
+    if isinstance(node, list) and node and all(_number(v) for v in node):
+        return _frame(["entry"], [[v] for v in node])
     if (
         isinstance(node, list)
         and node
@@ -125,8 +141,6 @@ def _as_table(node: Any) -> pl.DataFrame | None:
             return _frame(["row", *header], [[i, *r] for i, r in zip(index, rows, strict=True)])
         return _frame(header, rows)
     values = list(node.values())
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        return _frame(["key", "entry"], [[k, v] for k, v in node.items()])
     if all(isinstance(v, Mapping) and v and all(map(_scalar, v.values())) for v in values):
         rows = list(dict.fromkeys(str(r) for v in values for r in v))
         return _frame(["row", *map(str, node)], [[r, *(v.get(r) for v in values)] for r in rows])
@@ -134,14 +148,25 @@ def _as_table(node: Any) -> pl.DataFrame | None:
 
 
 def check_found(tables: Sequence[FoundTable], t: Thresholds) -> list[CheckResult]:
-    """The table checks of every table, merged into one result per check."""
+    """The table checks of every table, merged into one result per check. Past MAX_TABLES: review."""
     merged: dict[str, list[tuple[FoundTable, CheckResult]]] = {}
-    for found in tables:
+    for found in tables[:MAX_TABLES]:
         if found.frame.width == 0 or found.frame.height == 0:
             continue
         for result in sdc_tables.check_counts(sdc_tables.read_frame(found.frame), t, ()):
             merged.setdefault(result.check, []).append((found, _shift(result, found)))
-    return [_merge(check, parts) for check, parts in merged.items()]
+    results = [_merge(check, parts) for check, parts in merged.items()]
+    if len(tables) > MAX_TABLES:
+        results.append(
+            CheckResult(
+                "tables_checked",
+                "Tables checked",
+                CheckOutcome.REVIEW,
+                f"more than {MAX_TABLES} tables in this file: only the first {MAX_TABLES} were checked; "
+                "split the file",
+            )
+        )
+    return results
 
 
 def _shift(result: CheckResult, found: FoundTable) -> CheckResult:

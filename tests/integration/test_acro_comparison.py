@@ -22,7 +22,7 @@ import pytest
 from exports.checks import run_checks
 from exports.domain import CheckOutcome, FileRole, worst
 from exports.projects import Thresholds
-from tests.harness import IMAGE
+from tests.harness import IMAGE, docker_exec
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,10 @@ def acro_runs():
             user="1000:1000",
             network_mode="none",
             working_dir="/tmp",
-            volumes={str(SCRIPT_DIR): {"bind": "/src", "mode": "ro"}, str(out): {"bind": "/out", "mode": "rw"}},
+            volumes={
+                str(SCRIPT_DIR): {"bind": "/src", "mode": "ro"},
+                str(out): {"bind": "/out", "mode": "rw"},
+            },
             environment={"HOME": "/tmp", "MPLCONFIGDIR": "/tmp"},
             remove=True,
         )
@@ -86,7 +89,9 @@ def test_no_cell_acro_fails_passes_our_checks(acro_runs):
                 if kind == "count":
                     # a frequency table's cell must fail on its own, not just ride on a table-wide review
                     own = worst(
-                        r.outcome for r in checks.results if any((c.row, c.column) == (row, column) for c in r.cells)
+                        r.outcome
+                        for r in checks.results
+                        if any((c.row, c.column) == (row, column) for c in r.cells)
                     )
                     assert own is CheckOutcome.FAIL, (seed, name, row, column, rule)
             if kind in ("mean", "sum"):
@@ -125,3 +130,62 @@ def test_the_results_json_of_this_acro_is_read_by_its_rule_names(acro_runs):
         assert result.details["rule_counts"].get("minimum threshold (MinimumThresholdCheck)", 0) == expected
         if expected:
             assert result.outcome is CheckOutcome.FAIL and result.cells
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.uid, info.gid = len(data), 1000, 1000
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_acro_results_made_in_alices_container_are_requested_and_the_checker_page_renders(hub, client):
+    """Issue 18: a request carrying ACRO's results.json made the request page answer HTTP 500."""
+    alice = client("alice")
+    alice.spawn("demo-cardio")
+    try:
+        container = hub.container("alice", "demo-cardio")
+        script = (SCRIPT_DIR / "make_acro_outputs.py").read_bytes()
+        container.put_archive("/workspace", _tar({"make_acro_outputs.py": script}))
+        run = "cd /workspace && HOME=/tmp MPLCONFIGDIR=/tmp /opt/notebook/bin/python make_acro_outputs.py acro-run 7"
+        code, out = docker_exec(container, ["sh", "-c", run], timeout=120)
+        assert code == 0, out[-2000:]
+        code, out = docker_exec(
+            container,
+            [
+                "enclave-export",
+                "--json",
+                "request",
+                "acro-run/seed-7/tables/freq_region_age.csv",
+                "--acro",
+                "acro-run/seed-7/acro/results.json",
+                "--context",
+                "region by age band",
+                "--controls",
+                "none yet",
+            ],
+        )
+        assert code == 0, out
+        request = json.loads(out)
+        results = next(f for f in request["files"] if f["path"].endswith("results.json"))["checks"]["results"]
+        reported = [r for r in results if r["source"] == "researcher-acro"]
+        assert any(
+            "minimum threshold (MinimumThresholdCheck)" in r["details"]["rule_counts"] for r in reported
+        )
+        carol = client("carol")
+        carol.session.get(f"{hub.url}/services/exports/", timeout=30)  # OAuth login to the service
+        page = carol.session.get(f"{hub.url}/services/exports/requests/{request['id']}", timeout=30)
+        assert page.status_code == 200, page.text[-1000:]
+        assert "Reported by the researcher's ACRO session" in page.text
+        assert (
+            "reported by the researcher&#39;s session" in page.text
+            or "reported by the researcher's session" in page.text
+        )
+    finally:
+        alice.stop("demo-cardio")

@@ -183,7 +183,10 @@ def test_a_markdown_table_of_means_is_reviewed():
     "doc,cell",
     [
         ([{"region": "Seoul", "n": 120}, {"region": "Busan", "n": 3}], (2, "n")),
-        ({"Seoul": 120, "Busan": 3}, (2, "entry")),
+        ({"Seoul": 120, "Busan": 3}, (1, "Busan")),
+        ({"model": "logit", "auc": 0.81, "n_jeju": 3}, (1, "n_jeju")),
+        ({"counts": [120, 3, 40]}, (2, "entry")),
+        ([{"region": "Seoul", "n": 120, "ci": [1, 2]}, {"region": "Busan", "n": 3, "ci": [1, 2]}], (1, "n")),
         ({"F": {"Seoul": 120, "Busan": 3}, "M": {"Seoul": 40, "Busan": 41}}, (2, "F")),
         ({"columns": ["region", "n"], "data": [["Seoul", 120], ["Busan", 3]]}, (2, "n")),
         (
@@ -194,7 +197,16 @@ def test_a_markdown_table_of_means_is_reviewed():
             (2, "n"),
         ),
     ],
-    ids=["records", "object-of-numbers", "object-of-columns", "split", "nested"],
+    ids=[
+        "records",
+        "object-of-numbers",
+        "mixed-object",
+        "list-of-numbers",
+        "records-with-lists",
+        "object-of-columns",
+        "split",
+        "nested",
+    ],
 )
 def test_json_tables_are_checked_as_tables(doc, cell):
     by_check, outcome = check(json.dumps(doc), "json")
@@ -271,3 +283,12 @@ def test_a_group_size_in_a_markdown_header_is_flagged_on_the_header_line():
     assert (3, "Treated (n=3)") in flagged(by_check["min_count"])
     assert (5, "Treated (n=3)") in flagged(by_check["min_count"])
     assert outcome is FAIL
+
+
+def test_tables_past_the_cap_are_review_not_silently_unchecked(monkeypatch):
+    from exports import sdc_documents
+
+    monkeypatch.setattr(sdc_documents, "MAX_TABLES", 2)
+    doc = [{"a": {"n": 120}}, {"b": {"n": 130}}, {"c": {"n": 3}}]
+    by_check, outcome = check(json.dumps(doc), "json")
+    assert by_check["tables_checked"].outcome is REVIEW and outcome is not PASS
