@@ -19,7 +19,7 @@ from exports import sdc_tables
 from exports.domain import CheckOutcome, CheckResult, Location, worst
 from exports.projects import Thresholds
 
-SEPARATOR_ROW = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
+SEPARATOR_ROW = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
 CELL_SPLIT = re.compile(r"(?<!\\)\|")
 MAX_TABLES = 200
 MAX_DEPTH = 12
@@ -35,6 +35,8 @@ class FoundTable:
     """What data row 1 is called in findings: its line number in a text file, 1 in JSON."""
     header_row: int = 0
     """What the header (row 0) is called in findings: its line number in a text file, 0 in JSON."""
+    too_deep: bool = False
+    """A value nested deeper than MAX_DEPTH, not looked into: the file goes to review."""
 
 
 def markdown_tables(text: str) -> tuple[list[FoundTable], set[int]]:
@@ -96,6 +98,7 @@ def _scalar(v: Any) -> bool:
 
 def _walk(node: Any, path: str, depth: int) -> Iterator[FoundTable]:
     if depth > MAX_DEPTH:
+        yield FoundTable(path, pl.DataFrame(), 0, too_deep=True)
         return
     table = _as_table(node)
     if table is not None:
@@ -122,7 +125,7 @@ def _number(value: Any) -> bool:
 
 def _as_table(node: Any) -> pl.DataFrame | None:
     """A table-shaped value: records, pandas' split layout, {column: {row: value}}, or a list of numbers."""
-    if isinstance(node, list) and node and all(_number(v) for v in node):
+    if isinstance(node, list) and node and all(map(_scalar, node)) and any(map(_number, node)):
         return _frame(["entry"], [[v] for v in node])
     if (
         isinstance(node, list)
@@ -156,6 +159,16 @@ def check_found(tables: Sequence[FoundTable], t: Thresholds) -> list[CheckResult
         for result in sdc_tables.check_counts(sdc_tables.read_frame(found.frame), t, ()):
             merged.setdefault(result.check, []).append((found, _shift(result, found)))
     results = [_merge(check, parts) for check, parts in merged.items()]
+    deep = [f.where for f in tables[:MAX_TABLES] if f.too_deep]
+    if deep:
+        results.append(
+            CheckResult(
+                "tables_checked",
+                "Tables checked",
+                CheckOutcome.REVIEW,
+                f"values nested more than {MAX_DEPTH} levels deep were not looked into: {', '.join(deep[:5])}",
+            )
+        )
     if len(tables) > MAX_TABLES:
         results.append(
             CheckResult(

@@ -292,3 +292,16 @@ def test_tables_past_the_cap_are_review_not_silently_unchecked(monkeypatch):
     doc = [{"a": {"n": 120}}, {"b": {"n": 130}}, {"c": {"n": 3}}]
     by_check, outcome = check(json.dumps(doc), "json")
     assert by_check["tables_checked"].outcome is REVIEW and outcome is not PASS
+
+
+def test_json_nested_past_the_depth_limit_is_review_not_pass():
+    deep: dict = {"n": 3}
+    for key in "abcdefghijklmnop":
+        deep = {key: deep}
+    by_check, outcome = check(json.dumps(deep), "json")
+    assert by_check["tables_checked"].outcome is REVIEW and outcome is not PASS
+
+
+def test_a_list_of_mixed_scalars_with_numbers_is_checked():
+    by_check, outcome = check(json.dumps({"values": [120, "x", 3]}), "json")
+    assert (3, "entry") in flagged(by_check["min_count"]) and outcome is FAIL
