@@ -571,23 +571,37 @@ def _secondary(table: ParsedTable, kinds: dict[str, str]) -> CheckResult:
     found = sorted(
         (row, j, value) for j, rows in solved.items() for row, value in rows.items() if hidden[counts[j]][row]
     )
+    return _secondary_result(table, counts, found)
+
+
+def _secondary_result(
+    table: ParsedTable, counts: list[str], found: list[tuple[int, int, float]]
+) -> CheckResult:
+    """Fail for hidden cells the totals give back. A hidden cell that comes out as 0 is review: either it
+    is a zero, or the totals leave the suppressed cells out (as ACRO's margins do); one that comes out
+    negative means the totals do not add up over the hidden cells, which gives nothing back."""
+    title = "Suppressed cells recoverable from the table's totals"
+    positive = [f for f in found if f[2] > 0.5]
+    zero = [f for f in found if abs(f[2]) <= 0.5]
+    shown = positive or zero
     cells = tuple(
         Location(
             row + 1, counts[j], str(table.frame[counts[j]][row]), f"recoverable from the totals: {value:g}"
         )
-        for row, j, value in found[:MAX_LISTED]
+        for row, j, value in shown[:MAX_LISTED]
     )
-    total = len(found)
-    if total:
-        return CheckResult(
-            "secondary_suppression",
-            title,
-            CheckOutcome.FAIL,
-            f"{total} suppressed cell(s) can be worked out from the other cells and the totals: suppress more cells "
-            "(secondary suppression) or drop the totals",
-            cells,
-            total,
+    if positive:
+        message = (
+            f"{len(positive)} suppressed cell(s) can be worked out from the other cells and the totals: "
+            "suppress more cells (secondary suppression) or drop the totals"
         )
+        return CheckResult("secondary_suppression", title, CheckOutcome.FAIL, message, cells, len(positive))
+    if zero:
+        message = (
+            f"{len(zero)} suppressed cell(s) come out as 0 from the totals: either they are zeros, or the "
+            "totals leave the suppressed cells out; the context should say which"
+        )
+        return CheckResult("secondary_suppression", title, CheckOutcome.REVIEW, message, cells, len(zero))
     return CheckResult(
         "secondary_suppression",
         title,

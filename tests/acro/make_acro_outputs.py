@@ -58,21 +58,27 @@ def flat(table: pd.DataFrame) -> pd.DataFrame:
 def main(out: str, seed: int) -> None:
     df = microdata(seed)
     acro = ACRO(suppress=False)
-    made: dict[str, tuple[str, pd.DataFrame]] = {}
-    made["freq_region_sex"] = ("count", acro.crosstab(df.region, df.sex))
-    made["freq_region_age"] = ("count", acro.crosstab(df.region, df.agegroup))
-    made["freq_region_dx"] = ("count", acro.crosstab(df.region, df.dx))
-    made["mean_cost"] = ("mean", acro.crosstab(df.region, df.sex, values=df.cost, aggfunc="mean"))
-    made["sum_cost"] = ("sum", acro.crosstab(df.region, df.sex, values=df.cost, aggfunc="sum"))
-    made["mean_bmi_age"] = ("mean", acro.crosstab(df.region, df.agegroup, values=df.bmi, aggfunc="mean"))
+    made: dict[str, tuple[str, pd.DataFrame, str]] = {}
+
+    def table(name: str, kind: str, frame: pd.DataFrame) -> None:
+        made[name] = (kind, frame, acro.results.get_keys()[-1])
+
+    table("freq_region_sex", "count", acro.crosstab(df.region, df.sex))
+    table("freq_region_age", "count", acro.crosstab(df.region, df.agegroup))
+    table("mean_cost", "mean", acro.crosstab(df.region, df.sex, values=df.cost, aggfunc="mean"))
+    table("sum_cost", "sum", acro.crosstab(df.region, df.sex, values=df.cost, aggfunc="sum"))
+    table("mean_bmi_age", "mean", acro.crosstab(df.region, df.agegroup, values=df.bmi, aggfunc="mean"))
     acro.ols(df.bmi, pd.DataFrame({"const": 1.0, "cost": df.cost / 1000}))
+    table("freq_region_dx", "count", acro.crosstab(df.region, df.dx))
+    table("freq_region_age_margins", "count", acro.crosstab(df.region, df.agegroup, margins=True))
+    # ACRO's own suppression: the cells it hides are blank, and its margins leave them out
+    acro.enable_suppression()
+    table("suppressed_region_age_margins", "suppressed", acro.crosstab(df.region, df.agegroup, margins=True))
+    acro.disable_suppression()
     os.makedirs(f"{out}/tables", exist_ok=True)
-    names = list(made)
-    keys = acro.results.get_keys()
     verdicts = {}
-    for name, key in zip(names, keys):
-        kind, table = made[name]
-        flat(table).to_csv(f"{out}/tables/{name}.csv")
+    for name, (kind, frame, key) in made.items():
+        flat(frame).to_csv(f"{out}/tables/{name}.csv")
         sdc = acro.results.get(key).sdc
         verdicts[name] = {"kind": kind, "acro_output": key, "cells": sdc.get("cells", {})}
     acro.finalise(f"{out}/acro", "json")

@@ -103,7 +103,7 @@ def test_the_real_acro_1_results_are_read_by_their_new_rule_names_with_per_cell_
     )
     regression = by_check["acro.output_5"]
     assert regression.outcome is CheckOutcome.PASS and regression.details["dof"] == 398
-    assert "ACRO version 1.0.2, 8 output(s)" in by_check["acro.session"].message
+    assert "ACRO version 1.0.2, 11 output(s)" in by_check["acro.session"].message
 
 
 def test_old_acro_results_are_read_by_the_old_rule_names():
