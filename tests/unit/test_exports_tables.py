@@ -305,3 +305,9 @@ def test_json_nested_past_the_depth_limit_is_review_not_pass():
 def test_a_list_of_mixed_scalars_with_numbers_is_checked():
     by_check, outcome = check(json.dumps({"values": [120, "x", 3]}), "json")
     assert (3, "entry") in flagged(by_check["min_count"]) and outcome is FAIL
+
+
+def test_a_hidden_cell_the_totals_put_at_zero_is_review():
+    # ACRO's margins sum only the cells it shows: the hidden cell comes out as 0, which gives nothing back
+    by_check, _ = check("region,F,M,All\nSeoul,40,,40\nBusan,30,25,55\nAll,70,25,95\n")
+    assert by_check["secondary_suppression"].outcome is REVIEW
