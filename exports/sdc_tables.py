@@ -65,7 +65,7 @@ STAT_WORDS = _set(
     "max minimum maximum iqr q1 q3 p25 p50 p75 p90 p95 percentile quantile estimate est coef "
     "coefficient beta or hr rr irr ci lci uci lower upper lo hi cost costs amount income price score "
     "value values weight height bmi los days duration length dose sbp dbp incidence prevalence "
-    "mortality aggregate agg 평균 중앙값 표준편차 비용 금액"
+    "mortality aggregate agg per 평균 중앙값 표준편차 비용 금액"
 )
 PERCENT_WORDS = _set("pct percent percentage prop proportion share fraction 비율 %")
 LABEL_WORDS = _set(

@@ -70,6 +70,7 @@ def test_count_columns_named_like_a_band_are_not_labels():
         "region,mean_bmi\nSeoul,26.1\nBusan,25.3\n",
         "region,median_los\nSeoul,4\nBusan,6\n",
         "region,rate_per_1000\nSeoul,3.2\nBusan,1.1\n",
+        "region,deaths_per_1000\nSeoul,3\nBusan,12\n",  # a whole-number rate under a count word
         "region,F,M\nSeoul,26.1,25.0\nBusan,25.3,27.9\n",  # means under names that say nothing
     ],
 )
