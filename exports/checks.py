@@ -127,7 +127,8 @@ def _json(text: str, t: Thresholds, role: FileRole, label: str) -> list[CheckRes
                     "acro.not_for_release",
                     "ACRO results file asked for release",
                     CheckOutcome.FAIL,
-                    "an ACRO results.json is evidence for checkers (its session summary is marked DO_NOT_RELEASE); "
+                    "an ACRO results.json is evidence for checkers "
+                    "(its session summary is marked DO_NOT_RELEASE); "
                     "attach it as a supporting file instead of an output",
                 )
             )

@@ -166,7 +166,8 @@ def check_found(tables: Sequence[FoundTable], t: Thresholds) -> list[CheckResult
                 "tables_checked",
                 "Tables checked",
                 CheckOutcome.REVIEW,
-                f"values nested more than {MAX_DEPTH} levels deep were not looked into: {', '.join(deep[:5])}",
+                f"values nested more than {MAX_DEPTH} levels deep were not looked into: "
+                f"{', '.join(deep[:5])}",
             )
         )
     if len(tables) > MAX_TABLES:
@@ -227,7 +228,8 @@ def prose_numbers(text: str, covered: set[int], t: Thresholds) -> CheckResult | 
             "prose_numbers",
             title,
             CheckOutcome.REVIEW,
-            f"{len(other)} line(s) of running text hold numbers; the checks cannot tell whether they are counts",
+            f"{len(other)} line(s) of running text hold numbers; "
+            "the checks cannot tell whether they are counts",
             tuple(other[:200]),
             len(other),
         )

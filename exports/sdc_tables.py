@@ -43,7 +43,8 @@ from exports.projects import Thresholds
 MAX_LISTED = 1000
 """Failing cells kept per check; the total is always reported."""
 MAX_SOLVED_CELLS = 100_000
-"""Count cells beyond which secondary suppression is not solved here (review instead): the solver is Python."""
+"""Count cells beyond which secondary suppression is not solved here (review instead): the solver is
+Python."""
 
 COUNT, MAYBE_COUNT, STATISTIC, PERCENT, LABEL = "count", "count?", "statistic", "percent", "label"
 MAYBE_LABEL = "label?"
@@ -75,7 +76,7 @@ LABEL_WORDS = _set(
 )
 YEAR_WORDS = _set("year yr 연도")
 OTHER_DIGITS = r"[\d&&[^0-9]]"
-"""Digits the checks do not read (fullwidth, Arabic-Indic, ...): a count written in them is left for review."""
+"""Digits the checks do not read (fullwidth, Arabic-Indic, ...): a count in them is left for review."""
 TOTAL_LABEL = r"(?i)^\s*(total|totals|all|overall|sum|합계|계|전체|총계)\s*$"
 
 NUM = r"[+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?|[+-]?\.[0-9]+"
@@ -314,8 +315,9 @@ def _statistics(table: ParsedTable, kinds: dict[str, str]) -> CheckResult:
         )
     if by_kind.get(MAYBE_COUNT):
         problems.append(
-            f"{', '.join(by_kind[MAYBE_COUNT])} hold whole numbers under names that do not say they are counts; "
-            "they were checked as counts, but if they are sums (whole-number sums look the same), this service "
+            f"{', '.join(by_kind[MAYBE_COUNT])} hold whole numbers under names that do not say they are "
+            "counts; they were checked as counts, but if they are sums (whole-number sums look the same), "
+            "this service "
             f"{STATISTICS_MESSAGE}; declare count_columns if they are counts"
         )
     if by_kind.get(MAYBE_LABEL):
@@ -565,7 +567,8 @@ def _secondary(table: ParsedTable, kinds: dict[str, str]) -> CheckResult:
             "secondary_suppression",
             title,
             CheckOutcome.PASS,
-            "suppressed cells, but no row or column totals in this table (other outputs may still give them back)",
+            "suppressed cells, but no row or column totals in this table "
+            "(other outputs may still give them back)",
         )
     solved = _peel(values.copy(), unknown.copy(), total_row, total_col)
     found = sorted(

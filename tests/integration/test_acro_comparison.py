@@ -201,7 +201,8 @@ def test_acro_results_made_in_alices_container_are_requested_and_the_checker_pag
         container = hub.container("alice", "demo-cardio")
         script = (SCRIPT_DIR / "make_acro_outputs.py").read_bytes()
         container.put_archive("/workspace", _tar({"make_acro_outputs.py": script}))
-        run = "cd /workspace && HOME=/tmp MPLCONFIGDIR=/tmp /opt/notebook/bin/python make_acro_outputs.py acro-run 7"
+        python = "HOME=/tmp MPLCONFIGDIR=/tmp /opt/notebook/bin/python"
+        run = f"cd /workspace && {python} make_acro_outputs.py acro-run 7"
         code, out = docker_exec(container, ["sh", "-c", run], timeout=120)
         assert code == 0, out[-2000:]
         code, out = docker_exec(

@@ -54,7 +54,8 @@ OLD = {
                 "N": {"2010": "threshold; p-ratio; nk-rule; ", "2011": "ok", "2012": "ok"},
             },
             "command": "acro.crosstab(df.year, df.grant_type)",
-            "summary": "fail; threshold: 2 cells may need suppressing; p-ratio: 1 cells may need suppressing; ",
+            "summary": "fail; threshold: 2 cells may need suppressing; "
+            "p-ratio: 1 cells may need suppressing; ",
             "timestamp": "2024-01-01T00:00:00",
             "comments": [],
             "exception": "",
