@@ -87,6 +87,7 @@ WITH_SHARE = rf"^({INT})\s*[(\[]\s*(?:{NUM})\s*(%?)\s*[)\]]$"
 """``3 (0.6%)``; ``12 (3.4)`` too (n (%) or mean (SD): read as a count, the column left for review)."""
 FOOTNOTE = rf"^({INT})\s*[*†‡§#¹²³⁴⁵⁶⁷⁸⁹]+$"
 N_EQUALS = rf"(?i)(?:^|[^a-z0-9])n\s*[=:]\s*({INT})"
+N_PREFILTER = r"(?i)n\s*[=:]"
 BOUND = rf"^(<=|=<|≤|⩽|<|＜)\s*({INT})$"
 MARKER = r"(?i)^(\*+|-+|–|—|\.+|na|n/a|nan|null|none|x|c|s|suppressed|redacted|masked|>\s*[0-9][0-9,]*)$"
 """Written in place of a suppressed or missing count (a ``<n`` bound is read separately)."""
@@ -156,13 +157,15 @@ def _read_column(table: ParsedTable, name: str, text: pl.Series) -> None:
     blank = text.is_null() | (text == "")
     plain = _int(text, PLAIN)
     rest = plain.is_null() & ~blank
+    none = pl.Series(name, [None] * len(text), dtype=pl.Float64)
     if not bool(rest.any()):  # the common case: plain numbers and blanks only
-        none = pl.Series(name, [None] * len(text), dtype=pl.Float64)
         _keep_numbers(table, name, text, blank, plain, none, none, none, none, none)
         return
-    n_eq = _int(text, N_EQUALS)
+    n_eq = _int(text, N_EQUALS) if bool(text.str.contains(N_PREFILTER).any()) else none
     if n_eq.is_not_null().any():
         table.n_equals[name] = n_eq
+    if _text_column(plain, rest, text):
+        return
     percent = _int(text, PERCENT_CELL)
     share = _int(text, WITH_SHARE)
     footnote = _int(text, FOOTNOTE)
@@ -170,6 +173,16 @@ def _read_column(table: ParsedTable, name: str, text: pl.Series) -> None:
     strict = text.str.extract(BOUND, 1).is_in(["<", "＜"]).fill_null(False)
     bound = pl.select(pl.when(strict).then(bound_value - 1).otherwise(bound_value)).to_series()
     _keep_numbers(table, name, text, blank, plain, percent, share, footnote, n_eq, bound)
+
+
+def _text_column(plain: pl.Series, rest: pl.Series, text: pl.Series) -> bool:
+    """True when the column cannot reach 80% numbers even if every cell with a digit read as one: then the
+    annotated forms need not be looked for (``n=`` is looked for in every column anyway)."""
+    digits = rest & text.str.contains(DIGIT).fill_null(False)
+    markers = rest & ~digits & text.str.contains(MARKER).fill_null(False)
+    possible = int(plain.is_not_null().sum()) + int(digits.sum())
+    filled = int((plain.is_not_null() | rest).sum()) - int(markers.sum())
+    return possible == 0 or possible < 0.8 * filled
 
 
 def _keep_numbers(
@@ -283,16 +296,18 @@ Mask = tuple[str, pl.Series, str]
 def _cells(table: ParsedTable, masks: Sequence[Mask]) -> tuple[tuple[Location, ...], int]:
     """Flagged cells in row order (at most MAX_LISTED) and how many there are in all (a cell once)."""
     order = {name: i for i, name in enumerate(table.frame.columns)}
+    combined: dict[str, pl.Series] = {}
     notes: dict[tuple[int, str], str] = {}
     for name, mask, note in masks:
-        for row in mask.fill_null(False).arg_true().to_list():
+        mask = mask.fill_null(False)
+        combined[name] = combined[name] | mask if name in combined else mask
+        for row in mask.arg_true().head(MAX_LISTED).to_list():
             notes.setdefault((row, name), note)
-    picked = sorted(notes, key=lambda key: (key[0], order[key[1]]))
+    picked = sorted(notes, key=lambda key: (key[0], order[key[1]]))[:MAX_LISTED]
     cells = tuple(
-        Location(row + 1, name, str(table.frame[name][row]), notes[(row, name)])
-        for row, name in picked[:MAX_LISTED]
+        Location(row + 1, name, str(table.frame[name][row]), notes[(row, name)]) for row, name in picked
     )
-    return cells, len(picked)
+    return cells, sum(int(m.sum()) for m in combined.values())
 
 
 def _statistics(table: ParsedTable, kinds: dict[str, str]) -> CheckResult:
