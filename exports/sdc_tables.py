@@ -237,11 +237,11 @@ def _kind(table: ParsedTable, name: str, declared: Sequence[str], min_count: int
     w = set(words(name))
     values = table.numbers[name].drop_nulls()
     whole = bool((values >= 0).all()) and bool((values == values.floor()).all())
-    if name in declared:
-        return COUNT
+    annotated = bool(table.annotated[name].any())
+    if name in declared or annotated:
+        return COUNT  # annotated counts first: a Table 1 column "n (%)" holds "3 (0.6%)"
     if w & PERCENT_WORDS or bool(table.percent_cells[name].any()):
         return PERCENT
-    annotated = bool(table.annotated[name].any())
     if w & STAT_WORDS:
         return STATISTIC
     if whole and (w & COUNT_WORDS or w & TOTAL_WORDS or annotated):

@@ -312,3 +312,9 @@ def test_a_hidden_cell_the_totals_put_at_zero_is_review():
     # ACRO's margins sum only the cells it shows: the hidden cell comes out as 0, which gives nothing back
     by_check, _ = check("region,F,M,All\nSeoul,40,,40\nBusan,30,25,55\nAll,70,25,95\n")
     assert by_check["secondary_suppression"].outcome is REVIEW
+
+
+def test_attack_a_table_1_column_named_n_percent_is_read_as_counts():
+    by_check, outcome = check('characteristic,n (%)\nFemale,3 (0.6%)\nMale,"497 (99.4%)"\n')
+    assert flagged(by_check["min_count"]) == {(1, "n (%)")}
+    assert outcome is FAIL
