@@ -133,7 +133,9 @@ def _json(text: str, t: Thresholds, role: FileRole, label: str) -> list[CheckRes
                 )
             )
         return results
-    return results + sdc_documents.check_found(sdc_documents.json_tables(obj), t)
+    results += sdc_documents.check_found(sdc_documents.json_tables(obj), t)
+    text_numbers = sdc_documents.json_text_numbers(obj, t)
+    return results + ([text_numbers] if text_numbers else [])
 
 
 def _png(data: bytes, label: str) -> list[CheckResult]:

@@ -234,3 +234,29 @@ def prose_numbers(text: str, covered: set[int], t: Thresholds) -> CheckResult | 
             len(other),
         )
     return None
+
+
+def json_text_numbers(obj: Any, t: Thresholds) -> CheckResult | None:
+    """Text with numbers inside JSON strings (a CSV or a paragraph stored as one string) is prose, not a
+    table the checks can read: ``n=<small>`` fails, other numbers in long or multi-line strings are review."""
+    lines = []
+    for path, text in _strings(obj, "$", 0):
+        if "\n" in text or len(text) > 40 or re.search(sdc_tables.N_EQUALS, text):
+            lines.append((path, text))
+    text = "\n".join(value.replace("\n", " / ") for _, value in lines)
+    result = prose_numbers(text, set(), t)
+    if result is None:
+        return None
+    cells = tuple(replace(c, column=lines[c.row - 1][0][:200]) for c in result.cells)
+    return replace(result, check="json_text_numbers", title="Numbers in JSON text", cells=cells)
+
+
+def _strings(node: Any, path: str, depth: int) -> Iterator[tuple[str, str]]:
+    if isinstance(node, str):
+        yield path, node
+    elif depth <= MAX_DEPTH and isinstance(node, Mapping | list):
+        items = node.items() if isinstance(node, Mapping) else enumerate(node)
+        for key, child in items:
+            yield from _strings(
+                child, f"{path}[{key!r}]" if isinstance(key, str) else f"{path}[{key}]", depth + 1
+            )

@@ -318,3 +318,10 @@ def test_attack_a_table_1_column_named_n_percent_is_read_as_counts():
     by_check, outcome = check('characteristic,n (%)\nFemale,3 (0.6%)\nMale,"497 (99.4%)"\n')
     assert flagged(by_check["min_count"]) == {(1, "n (%)")}
     assert outcome is FAIL
+
+
+def test_attack_a_csv_inside_a_json_string_is_not_passed():
+    by_check, outcome = check(json.dumps({"table": "region,n\nSeoul,120\nBusan,3\n"}), "json")
+    assert by_check["json_text_numbers"].outcome is REVIEW and outcome is not PASS
+    by_check, outcome = check(json.dumps({"note": "Busan (n=3)"}), "json")
+    assert by_check["json_text_numbers"].outcome is FAIL and outcome is FAIL
