@@ -103,9 +103,10 @@ def _validate_entry(label: str, uid: str, entry: Any) -> None:
     for key in ("properties", "outcome"):
         if key in entry and not isinstance(entry[key], Mapping):
             raise _malformed(label, f"{at}.{key}", "must be an object")
+    for key in ("files", "comments"):
+        if not isinstance(entry.get(key, []), list):
+            raise _malformed(label, f"{at}.{key}", "must be a list")
     files = entry.get("files", [])
-    if not isinstance(files, list):
-        raise _malformed(label, f"{at}.files", "must be a list")
     for i, f in enumerate(files):
         _validate_file(label, f"{at}.files[{i}]", f)
     for column, rows in (entry.get("outcome") or {}).items():
@@ -180,9 +181,7 @@ def _entry_result(uid: str, entry: Mapping[str, Any], t: Thresholds) -> CheckRes
         rule_counts={f"{RULE_TITLES.get(rule, 'rule')} ({rule})": n for rule, n in counts.items()},
         exception=str(entry.get("exception", ""))[:2000],
         files=[str(f.get("name"))[:200] for f in entry.get("files", [])][:50],
-        comments=[str(c)[:500] for c in entry.get("comments", []) if isinstance(entry.get("comments"), list)][
-            :20
-        ],
+        comments=[str(c)[:500] for c in entry.get("comments", [])][:20],
     )
     message = str(entry.get("summary", "")) or "no summary"
     dof = _number(properties.get("dof"))

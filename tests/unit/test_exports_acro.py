@@ -170,6 +170,9 @@ MALFORMED = [
         "results.'output_0'.outcome.'F': must be an object",
     ),
     (_broken(["results", "output_1"], "fail"), "results.'output_1': must be an object"),
+    (_broken(["results", "output_1", "comments"], 7), "results.'output_1'.comments: must be a list"),
+    (_broken(["results", "output_1", "properties"], 7), "results.'output_1'.properties: must be an object"),
+    (_broken(["results", "output_1", "summary"], 7), "results.'output_1'.summary: must be text"),
 ]
 
 
