@@ -124,7 +124,7 @@ def _validate_file(label: str, at: str, f: Any) -> None:
     if not isinstance(summary, Mapping) or not isinstance(cells, Mapping):
         raise _malformed(label, f"{at}.sdc", "summary and cells must be objects")
     for rule, count in summary.items():
-        if not isinstance(count, bool | int | float):
+        if not isinstance(count, bool | int | float) or not math.isfinite(count):
             raise _malformed(label, f"{at}.sdc.summary.{str(rule)[:MAX_NAME]!r}", "must be a number")
     for rule, positions in cells.items():
         ok = isinstance(positions, list) and all(
