@@ -250,3 +250,49 @@ def test_a_malformed_results_file_is_refused_over_http_with_the_field_named(svc,
     assert response.status_code == 400, response.text
     assert "results.'output_0'.files: must be a list" in response.json()["message"]
     assert env.storage.list(RequestQuery()).total == 0
+
+
+def test_any_mutation_of_a_real_results_file_is_read_or_refused_never_a_crash():
+    import random
+
+    rng = random.Random(20261201)
+    junk = [
+        None,
+        1,
+        -1,
+        2.5,
+        "x",
+        [],
+        {},
+        [1],
+        {"a": 1},
+        True,
+        [[1, 2]],
+        {"a": {"b": 1}},
+        float("nan"),
+        10**30,
+    ]
+
+    def paths(node, at=()):
+        yield at
+        children = (
+            node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        )
+        for key, child in children:
+            yield from paths(child, (*at, key))
+
+    every = list(paths(REAL))[1:]
+    for _ in range(400):
+        obj = copy.deepcopy(REAL)
+        for at in rng.sample(every, 3):
+            node = obj
+            try:
+                for key in at[:-1]:
+                    node = node[key]
+                node[at[-1]] = rng.choice(junk)
+            except (KeyError, IndexError, TypeError):
+                pass
+        try:
+            checks_of(obj)
+        except FileRefused as refused:
+            assert str(refused).startswith("results.json: ")  # names the file
