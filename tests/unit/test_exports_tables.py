@@ -325,3 +325,19 @@ def test_attack_a_csv_inside_a_json_string_is_not_passed():
     assert by_check["json_text_numbers"].outcome is REVIEW and outcome is not PASS
     by_check, outcome = check(json.dumps({"note": "Busan (n=3)"}), "json")
     assert by_check["json_text_numbers"].outcome is FAIL and outcome is FAIL
+
+
+def test_random_tables_are_checked_or_refused_never_a_crash():
+    import random
+
+    from exports.domain import FileRefused
+
+    rng = random.Random(7)
+    alphabet = '0123456789,.<>*-%()n=: \n|"abcTotal≤１'
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80)))
+        for filetype in ("csv", "md", "tsv"):
+            try:
+                run_checks(text.encode(), filetype, T, label="t")
+            except FileRefused:
+                pass
