@@ -286,6 +286,7 @@ def check_counts(table: ParsedTable, thresholds: Thresholds, declared: Sequence[
         _summary(table, counts),
         _percentages(table, kinds, thresholds),
         _secondary(table, kinds),
+        _implied(table, kinds, thresholds),
     ]
 
 
@@ -626,6 +627,60 @@ def _secondary_result(
         CheckOutcome.PASS,
         "no suppressed cell can be worked out from the totals",
     )
+
+
+def _implied(table: ParsedTable, kinds: dict[str, str], t: Thresholds) -> CheckResult:
+    """A total beside a partial breakdown implies the rest: n_total 120 and n_male 117 say 3 women. The
+    remainder (total minus the other columns, or the Total row minus the other rows) is a count too."""
+    title = f"Counts implied by a total minus its parts, below {t.min_count}"
+    counts = [c for c, k in kinds.items() if k in (COUNT, MAYBE_COUNT)]
+    totals = [j for j, c in enumerate(counts) if _total_column(table, c, kinds)]
+    found: list[Location] = []
+    if counts and table.frame.height * len(counts) <= MAX_SOLVED_CELLS:
+        values = np.column_stack([table.numbers[c].fill_null(np.nan).to_numpy() for c in counts]).astype(
+            float
+        )
+        for j in totals[:1]:
+            rest = values[:, j] - np.delete(values, j, axis=1).sum(axis=1)
+            found += _small_rest(table, rest, lambda i, j=j: (i, counts[j]), t)
+        row = _named_total_row(table)
+        if row is not None and values.shape[0] > 1:
+            rest = values[row] - np.delete(values, row, axis=0).sum(axis=0)
+            found += _small_rest(table, rest, lambda c, row=row: (row, counts[c]), t)
+    if found:
+        message = (
+            f"{len(found)} total(s) minus their parts leave fewer than {t.min_count}: the rest is a count"
+        )
+        return CheckResult(
+            "implied_counts", title, CheckOutcome.FAIL, message, tuple(found[:MAX_LISTED]), len(found)
+        )
+    return CheckResult(
+        "implied_counts", title, CheckOutcome.PASS, "no total minus its parts leaves a small count"
+    )
+
+
+def _small_rest(table: ParsedTable, rest: np.ndarray, where: Any, t: Thresholds) -> list[Location]:
+    """Remainders from 1 to threshold-1, where every remainder is whole and none negative (a breakdown)."""
+    known = rest[~np.isnan(rest)]
+    if not len(known) or (known < -0.5).any() or not np.allclose(known, np.round(known)):
+        return []
+    found = []
+    for i, value in enumerate(rest):
+        if 0.5 < value < t.min_count:
+            row, column = where(i)
+            found.append(
+                Location(row + 1, column, str(table.frame[column][row]), f"implies {value:g} (the rest)")
+            )
+    return found
+
+
+def _named_total_row(table: ParsedTable) -> int | None:
+    for name in table.frame.columns:
+        if name not in table.numbers:
+            hits = table.frame[name].str.contains(TOTAL_LABEL).fill_null(False).arg_true().to_list()
+            if hits:
+                return hits[0]
+    return None
 
 
 def _find_total_column(

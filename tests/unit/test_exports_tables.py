@@ -341,3 +341,20 @@ def test_random_tables_are_checked_or_refused_never_a_crash():
                 run_checks(text.encode(), filetype, T, label="t")
             except FileRefused:
                 pass
+
+
+def test_attack_a_total_beside_a_partial_breakdown_implies_the_rest():
+    by_check, outcome = check("region,n_total,n_male\nSeoul,120,117\nBusan,140,70\n")
+    result = by_check["implied_counts"]
+    assert result.outcome is FAIL and flagged(result) == {(1, "n_total")}
+    assert "implies 3" in result.cells[0].note and outcome is FAIL
+
+
+def test_attack_a_total_row_above_a_partial_breakdown_implies_the_rest():
+    by_check, outcome = check("sex,Seoul,Busan\nM,117,70\nTotal,120,140\n")
+    assert flagged(by_check["implied_counts"]) == {(2, "Seoul")} and outcome is FAIL
+
+
+def test_full_margins_imply_nothing():
+    by_check, _ = check("region,F,M,Total\nSeoul,40,52,92\nBusan,30,25,55\nTotal,70,77,147\n")
+    assert by_check["implied_counts"].outcome is PASS
