@@ -32,7 +32,7 @@ class FoundTable:
     """For a person: "the table at line 12", "$.results[0]"."""
     frame: pl.DataFrame
     first_row: int
-    """What data row 1 is called in findings: its line number in a text file, 1 in JSON."""
+    """What data row 1 is called in findings: its line number in a text file; 0 in JSON (see _shift)."""
     header_row: int = 0
     """What the header (row 0) is called in findings: its line number in a text file, 0 in JSON."""
     too_deep: bool = False
@@ -102,13 +102,13 @@ def _walk(node: Any, path: str, depth: int) -> Iterator[FoundTable]:
         return
     table = _as_table(node)
     if table is not None:
-        yield FoundTable(path, table, 1)
+        yield FoundTable(path, table, 0)
         return
     if isinstance(node, Mapping):
         loose = {str(k): v for k, v in node.items() if _number(v) or isinstance(v, str)}
         if any(_number(v) for v in loose.values()):
             # the object's own numbers, as a one-row table named by their keys ({"n": 3, "mean_age": 54.2})
-            yield FoundTable(path, _frame(list(loose), [list(loose.values())]), 1)
+            yield FoundTable(path, _frame(list(loose), [list(loose.values())]), 0)
     children = (
         node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, list) else ()
     )
@@ -184,6 +184,19 @@ def check_found(tables: Sequence[FoundTable], t: Thresholds) -> list[CheckResult
 
 
 def _shift(result: CheckResult, found: FoundTable) -> CheckResult:
+    """Findings named where a checker finds them: the line of a Markdown table's row; in JSON (whose
+    rows are not lines) row 0 and the value's path, so no wrong line of the file is marked."""
+    if found.first_row == 0:
+        cells = tuple(
+            replace(
+                c,
+                row=0,
+                column=f"{found.where} row {c.row}, {c.column}" if c.row else f"{found.where} {c.column}",
+            )
+            for c in result.cells
+        )
+        return replace(result, cells=cells)
+
     def row(n: int) -> int:
         return found.header_row if n == 0 else n + found.first_row - 1
 

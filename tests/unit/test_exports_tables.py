@@ -183,19 +183,22 @@ def test_a_markdown_table_of_means_is_reviewed():
 @pytest.mark.parametrize(
     "doc,cell",
     [
-        ([{"region": "Seoul", "n": 120}, {"region": "Busan", "n": 3}], (2, "n")),
-        ({"Seoul": 120, "Busan": 3}, (1, "Busan")),
-        ({"model": "logit", "auc": 0.81, "n_jeju": 3}, (1, "n_jeju")),
-        ({"counts": [120, 3, 40]}, (2, "entry")),
-        ([{"region": "Seoul", "n": 120, "ci": [1, 2]}, {"region": "Busan", "n": 3, "ci": [1, 2]}], (1, "n")),
-        ({"F": {"Seoul": 120, "Busan": 3}, "M": {"Seoul": 40, "Busan": 41}}, (2, "F")),
-        ({"columns": ["region", "n"], "data": [["Seoul", 120], ["Busan", 3]]}, (2, "n")),
+        ([{"region": "Seoul", "n": 120}, {"region": "Busan", "n": 3}], (0, "$ row 2, n")),
+        ({"Seoul": 120, "Busan": 3}, (0, "$ row 1, Busan")),
+        ({"model": "logit", "auc": 0.81, "n_jeju": 3}, (0, "$ row 1, n_jeju")),
+        ({"counts": [120, 3, 40]}, (0, "$['counts'] row 2, entry")),
+        (
+            [{"region": "Seoul", "n": 120, "ci": [1, 2]}, {"region": "Busan", "n": 3, "ci": [1, 2]}],
+            (0, "$[1] row 1, n"),
+        ),
+        ({"F": {"Seoul": 120, "Busan": 3}, "M": {"Seoul": 40, "Busan": 41}}, (0, "$ row 2, F")),
+        ({"columns": ["region", "n"], "data": [["Seoul", 120], ["Busan", 3]]}, (0, "$ row 2, n")),
         (
             {
                 "figure": "fig1",
                 "tables": {"by_region": [{"region": "Seoul", "n": 120}, {"region": "Busan", "n": 3}]},
             },
-            (2, "n"),
+            (0, "$['tables']['by_region'] row 2, n"),
         ),
     ],
     ids=[
@@ -305,7 +308,7 @@ def test_json_nested_past_the_depth_limit_is_review_not_pass():
 
 def test_a_list_of_mixed_scalars_with_numbers_is_checked():
     by_check, outcome = check(json.dumps({"values": [120, "x", 3]}), "json")
-    assert (3, "entry") in flagged(by_check["min_count"]) and outcome is FAIL
+    assert (0, "$['values'] row 3, entry") in flagged(by_check["min_count"]) and outcome is FAIL
 
 
 def test_a_hidden_cell_the_totals_put_at_zero_is_review():
