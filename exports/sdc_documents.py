@@ -2,7 +2,9 @@
 
 They are checked as tables (sdc_tables), not only for identifier patterns: a count is as disclosive in a
 Markdown pipe table or a JSON array of records as in a CSV. Running text is not a table: where it holds
-``n=3`` the count is checked, and any other number in it is left for review.
+``n=3`` the count is checked, and any other number in it is left for review; the same goes for long or
+multi-line JSON strings (a CSV kept as a string). What the checks cannot reach (tables past MAX_TABLES,
+JSON nested past MAX_DEPTH) is review, never a silent pass.
 """
 
 from __future__ import annotations

@@ -20,9 +20,11 @@ column's numbers are:
 Then: cells below the minimum count (default 10) fail, as do suppression markers narrower than it
 (``<5`` says 0 to 4); zeros fail where the project treats them as disclosive (ACRO's default); a
 suppressed cell (``<10``, ``*``, ``-``, blank) that the row or column totals give back fails, naming the
-cell; and every cell is scanned for direct identifiers (see sdc_identifiers).
+cell (one they put at 0 is review: ACRO's margins leave suppressed cells out); a total minus a partial
+breakdown is a count too (n_total 120, n_male 117: 3 women); ``n=3`` in a header is a group size; and
+every cell is scanned for direct identifiers (see sdc_identifiers).
 
-Rows are numbered from 1 for the first data row (the header is not counted).
+Rows are numbered from 1 for the first data row; row 0 is the header.
 """
 
 from __future__ import annotations
