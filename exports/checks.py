@@ -4,8 +4,9 @@
 text, a JSON file parses) and refuses the file otherwise. Then it runs the checks for the type:
 
 - csv/tsv   table checks (sdc_tables) and identifier patterns in every cell
-- txt/md    identifier patterns in the text
-- json      identifier patterns in the text, and ACRO's verdicts if it is an ACRO results.json
+- txt/md    identifier patterns in the text, Markdown tables checked as tables, numbers in running text
+- json      identifier patterns in the text, ACRO's verdicts if it is an ACRO results.json (refused if it
+            claims to be one and is malformed), else every table-shaped value checked as a table
 - png       structure, metadata, and always "review": a picture needs a checker's eyes
 
 Each check yields pass, fail or review, with the failing cells listed.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from exports import sdc_acro, sdc_capacity, sdc_identifiers, sdc_png, sdc_tables
+from exports import sdc_acro, sdc_capacity, sdc_documents, sdc_identifiers, sdc_png, sdc_tables
 from exports.domain import CheckOutcome, CheckResult, FileChecks, FileRefused, FileRole, Location
 from exports.projects import Thresholds
 
@@ -57,8 +58,15 @@ def run_checks(
     elif filetype == "json":
         results = _json(text, thresholds, role, label)
     else:
-        results = _text(text)
+        results = _text(text) + _markdown(text, thresholds)
     return FileChecks(filetype, (*results, *sdc_capacity.check(data, filetype)))
+
+
+def _markdown(text: str, t: Thresholds) -> list[CheckResult]:
+    tables, covered = sdc_documents.markdown_tables(text)
+    results = sdc_documents.check_found(tables, t)
+    prose = sdc_documents.prose_numbers(text, covered, t)
+    return results + ([prose] if prose else [])
 
 
 def _table(
@@ -112,18 +120,22 @@ def _json(text: str, t: Thresholds, role: FileRole, label: str) -> list[CheckRes
         ) from None
     results = _text(text)
     if sdc_acro.looks_like_acro(obj):
-        results.extend(sdc_acro.acro_results(obj, t))
+        results.extend(sdc_acro.acro_results(obj, t, label))
         if role is FileRole.OUTPUT:
             results.append(
                 CheckResult(
                     "acro.not_for_release",
                     "ACRO results file asked for release",
                     CheckOutcome.FAIL,
-                    "an ACRO results.json is evidence for checkers (its session summary is marked DO_NOT_RELEASE); "
+                    "an ACRO results.json is evidence for checkers "
+                    "(its session summary is marked DO_NOT_RELEASE); "
                     "attach it as a supporting file instead of an output",
                 )
             )
-    return results
+        return results
+    results += sdc_documents.check_found(sdc_documents.json_tables(obj), t)
+    text_numbers = sdc_documents.json_text_numbers(obj, t)
+    return results + ([text_numbers] if text_numbers else [])
 
 
 def _png(data: bytes, label: str) -> list[CheckResult]:

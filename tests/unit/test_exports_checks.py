@@ -3,14 +3,13 @@ expected cells, and refuse bytes that do not match their extension."""
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 
 import pytest
 
 from exports.checks import run_checks
-from exports.domain import CheckOutcome, FileRefused, FileRole
+from exports.domain import CheckOutcome, FileRefused
 from exports.projects import Thresholds
 from exports.sdc_identifiers import find_identifiers
 
@@ -213,9 +212,11 @@ def test_text_files_report_lines_of_each_identifier():
     assert checks.outcome is CheckOutcome.FAIL
 
 
-def test_clean_text_passes():
-    _, checks = results("Mean age 54.2 years (SD 8.1); 1,234 participants.\n", "txt")
+def test_clean_text_passes_and_numbers_in_prose_are_left_for_review():
+    _, checks = results("The cohort is described in the protocol.\n", "txt")
     assert checks.outcome is CheckOutcome.PASS
+    by_check, _ = results("Mean age 54.2 years (SD 8.1); 1,234 participants.\n", "txt")
+    assert by_check["prose_numbers"].outcome is CheckOutcome.REVIEW
 
 
 def test_invalid_json_is_refused_with_its_position():
@@ -284,82 +285,3 @@ def test_a_png_with_a_corrupted_chunk_is_refused():
     data[20] ^= 0xFF  # inside IHDR
     with pytest.raises(FileRefused, match="bad checksum"):
         results(bytes(data), "png")
-
-
-# ---------------------------------------------------------------------------------------------
-# ACRO
-
-
-ACRO = {
-    "version": "0.4.8",
-    "results": {
-        "output_0": {
-            "uid": "output_0",
-            "status": "fail",
-            "type": "table",
-            "properties": {"method": "crosstab"},
-            "files": [
-                {
-                    "name": "output_0_0.csv",
-                    "sdc": {
-                        "summary": {
-                            "suppressed": False,
-                            "negative": 0,
-                            "missing": 0,
-                            "threshold": 2,
-                            "p-ratio": 1,
-                            "nk-rule": 1,
-                            "all-values-are-same": 0,
-                        },
-                        "cells": {"threshold": [[0, 1], [2, 3]], "p-ratio": [[0, 1]], "nk-rule": [[0, 1]]},
-                    },
-                }
-            ],
-            "outcome": {},
-            "command": "acro.crosstab(df.year, df.grant_type)",
-            "summary": "fail; threshold: 2 cells may need suppressing; p-ratio: 1 cells may need suppressing; "
-            "nk-rule: 1 cells may need suppressing; ",
-            "timestamp": "2024-01-01T00:00:00",
-            "comments": [],
-            "exception": "",
-        },
-        "output_1": {
-            "uid": "output_1",
-            "status": "pass",
-            "type": "regression",
-            "properties": {"method": "ols", "dof": 4.0},
-            "files": [{"name": "output_1_0.csv", "sdc": {}}],
-            "outcome": {},
-            "command": "acro.ols(...)",
-            "summary": "pass; dof=4.0 >= 0",
-            "timestamp": "2024-01-01T00:00:00",
-            "comments": [],
-            "exception": "",
-        },
-    },
-}
-
-
-def test_acro_results_are_shown_as_reported_including_dominance_and_dof():
-    by_check, _ = results(json.dumps(ACRO), "json", role=FileRole.SUPPORTING)
-    table = by_check["acro.output_0"]
-    assert table.source == "researcher-acro"
-    assert table.outcome is CheckOutcome.FAIL
-    assert table.details["rule_counts"] == {
-        "threshold": 2,
-        "p-ratio": 1,
-        "nk-rule": 1,
-        "all-values-are-same": 0,
-        "negative": 0,
-        "missing": 0,
-    }
-    assert table.cell_total == 4
-    assert "dominance NK n=2 k=0.9, p-percent 0.1" in by_check["acro.session"].message
-    regression = by_check["acro.output_1"]
-    assert regression.outcome is CheckOutcome.FAIL  # reported dof 4 is below the project's minimum of 10
-    assert "degrees of freedom 4 < project minimum 10" in regression.message
-
-
-def test_acro_results_asked_for_release_as_an_output_fail():
-    by_check, _ = results(json.dumps(ACRO), "json", role=FileRole.OUTPUT)
-    assert by_check["acro.not_for_release"].outcome is CheckOutcome.FAIL
