@@ -55,12 +55,26 @@ def ints(path, pick):
     except (OSError, ValueError, IndexError):
         return 0
 
+def sender_devices():
+    # As in the 2026 attack: loop backing files name each project's workspace image, so the receiver
+    # reads the sender's own device. Without them it falls back to every device it can see.
+    found = set()
+    for p in glob.glob("/sys/block/loop*/loop/backing_file"):
+        if cfg.get("target") and cfg["target"] in ints(p, lambda t: t):
+            found.add(p.split("/")[3])
+    return found
+
 def block_counters():
-    total = ints("/proc/diskstats", lambda t: sum(int(l.split()[9]) for l in t.splitlines() if len(l.split()) > 9))
+    mine = sender_devices()
+    wanted = lambda name: not mine or name in mine
+    total = ints("/proc/diskstats", lambda t: sum(
+        int(l.split()[9]) for l in t.splitlines() if len(l.split()) > 9 and wanted(l.split()[2])))
     for p in glob.glob("/sys/block/*/stat") + glob.glob("/sys/devices/virtual/block/*/stat"):
-        total += ints(p, lambda t: int(t.split()[6]))
+        if wanted(p.split("/")[-2]):
+            total += ints(p, lambda t: int(t.split()[6]))
     for p in glob.glob("/sys/fs/ext4/*/session_write_kbytes"):
-        total += ints(p, lambda t: int(t))
+        if wanted(p.split("/")[-2]):
+            total += ints(p, lambda t: int(t))
     return total
 
 def meminfo(key):
@@ -206,7 +220,7 @@ CHANNELS = (
     Channel("block-counters", 0.5, "/proc/diskstats, /sys/block/*/stat, /sys/fs/ext4/*: writes to the workspace"),
     Channel("host-disk-free", 0.5, "statvfs('/') (the host disk under the overlay root): workspace image growth"),
     Channel("data-disk-free", 0.5, "statvfs('/data/<dataset>'): workspace image growth on the host disk"),
-    Channel("memory", 0.5, "/proc/meminfo MemAvailable: 256 MiB touched"),
+    Channel("memory", 1.0, "/proc/meminfo MemAvailable: 256 MiB touched"),
     Channel("threads", 0.2, "/proc/loadavg threads field: 200 threads"),
     Channel("forks", 0.2, "/proc/stat 'processes': 60 forks"),
     Channel("cpu-stat", 0.3, "/proc/stat cpu line: a busy loop"),
@@ -361,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--channels: unknown {unknown}; known: {sorted(BY_NAME)}")
     client = docker.from_env()
-    image = args.image or sorted(t for i in client.images.list("enclave/notebook") for t in i.tags)[-1]
+    # The newest notebook image (images/build tags each build with its input hash) unless one is named.
+    newest = max(client.images.list("enclave/notebook"), key=lambda i: i.attrs["Created"], default=None)
+    image = args.image or (newest.tags[0] if newest else parser.error("no enclave/notebook image: run images/build"))
     state = Path(tempfile.mkdtemp(prefix="enclave-covert-", dir="/var/tmp"))
     rows: dict[str, dict] = {}
     made: list = []
@@ -371,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             made += [sender, receiver]
             for name in names:
                 bits = [secrets.randbelow(2) for _ in range(args.bits)]
-                result = run_channel(sender, receiver, name, bits)
+                result = run_channel(sender, receiver, name, bits, target=f".covert-a-{mode}.ext4")
                 rows.setdefault(name, {})[mode] = result
                 print(f"{mode:6} {name:15} slot {result['slot']:.2f}s  BER {result['ber']:.2f}  "
                       f"{result['bits_per_s']:6.2f} bits/s", file=sys.stderr)
