@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:
 
 # The program both containers run (the notebook image's Python, stdlib only). argv[1] is a JSON config.
 AGENT = r'''
-import glob, json, os, sys, threading, time
+import glob, json, math, os, sys, threading, time
 cfg = json.loads(sys.argv[1])
 role, ch, T, t0, bits = cfg["role"], cfg["channel"], cfg["slot"], cfg["t0"], cfg["bits"]
 pages = cfg.get("pages") or []
@@ -87,13 +87,16 @@ def host_free():
     s = os.statvfs("/")
     return s.f_bfree * s.f_frsize
 
-def cached(off):
-    fd = os.open(cfg["probe_file"], os.O_RDONLY)
+def cached(page):
+    path, off = page
+    # overlayfs refuses RWF_NOWAIT (EOPNOTSUPP), so time one read of the page instead: a page in the cache
+    # comes back in microseconds, one from the disk takes far longer. (The read then caches it: one-shot.)
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     try:
-        os.preadv(fd, [bytearray(1)], off, os.RWF_NOWAIT)
-        return 1
-    except BlockingIOError:
-        return 0
+        start = time.perf_counter_ns()
+        os.pread(fd, 1, off)
+        return -math.log10(time.perf_counter_ns() - start)  # log: disk reads vary over decades
     finally:
         os.close(fd)
 
@@ -153,9 +156,10 @@ def send_cpu(k, end):
         pass
 
 def send_page(k, end):
-    fd = os.open(cfg["probe_file"], os.O_RDONLY)
+    path, off = pages[k]
+    fd = os.open(path, os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-    os.pread(fd, 1, pages[k])
+    os.pread(fd, 1, off)
     os.close(fd)
 
 SEND = {"block-counters": send_write, "host-disk-free": send_write, "data-disk-free": send_write,
@@ -188,13 +192,7 @@ def receive(k):
     samples.append(read())
     return sum(samples) / len(samples) - baseline
 
-if role == "probe":  # pages of the probe file not in the page cache now: the code book both sides share
-    fd = os.open(cfg["probe_file"], os.O_RDONLY)
-    size = os.fstat(fd).st_size
-    os.close(fd)
-    stride = 1 << 20
-    print(json.dumps([o for o in range(stride, size - stride, stride) if not cached(o)]))
-elif role == "send":
+if role == "send":
     for k, bit in enumerate(bits):
         start, end = t0 + k * T, t0 + (k + 1) * T
         until(start + 0.25 * T)  # the receiver takes its baseline first
@@ -231,7 +229,6 @@ CHANNELS = (
     Channel("page-cache", 0.05, "preadv2(RWF_NOWAIT) on a page of a shared image file: one page read"),
 )
 BY_NAME = {c.name: c for c in CHANNELS}
-PROBE_FILE = "/opt/notebook/lib/python3.11/site-packages/pyarrow/libarrow.so.2600"
 PYTHON = "/opt/notebook/bin/python"
 
 
@@ -239,9 +236,12 @@ def entropy(p: float) -> float:
     return 0.0 if p <= 0 or p >= 1 else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
 
 
-def decode(values: list[float]) -> list[int]:
+def decode(values: list[float], threshold: float | None = None) -> list[int]:
     """Bits from one number per slot, by the threshold that best splits them in two (Otsu): what a
-    receiver does without knowing the bits. A constant view decodes to all zeros."""
+    receiver does without knowing the bits. A constant view decodes to all zeros. A channel whose
+    threshold the attacker knows in advance (page-cache: a cached page reads in under 25 us) passes it."""
+    if threshold is not None:
+        return [1 if v > threshold else 0 for v in values]
     ordered = sorted(set(values))
     if len(ordered) < 2:
         return [0] * len(values)
@@ -275,12 +275,11 @@ def run_channel(sender, receiver, name: str, bits: list[int], slot: float | None
     receiver's readings, decoded bits, error rate and capacity. ``host_receiver(config)`` (optional) reads
     the same channel on the host at the same time: a control that the sender's signal is real."""
     slot = slot or BY_NAME[name].slot
-    config = {"channel": name, "slot": slot, "bits": bits, "probe_file": PROBE_FILE, **extra}
+    config = {"channel": name, "slot": slot, "bits": bits, **extra}
     if name == "page-cache":
-        pages = json.loads(_exec(receiver, {**config, "role": "probe", "t0": 0}))
-        if len(pages) < len(bits):
-            raise RuntimeError(f"page-cache: only {len(pages)} uncached pages in {PROBE_FILE}")
-        config["pages"] = pages[: len(bits)]
+        config["pages"] = probe_pages(receiver, len(bits))
+        if len(config["pages"]) < len(bits):
+            raise RuntimeError(f"page-cache: only {len(config['pages'])} uncached pages in the image's large files")
     config["t0"] = time.time() + 3.0  # both exec calls start well before the first slot
     out: dict = {}
     threads = [
@@ -294,13 +293,58 @@ def run_channel(sender, receiver, name: str, bits: list[int], slot: float | None
     for t in threads:
         t.join()
     values = json.loads(out["receive"])
-    got = decode(values)
+    threshold = -math.log10(25_000) if name == "page-cache" else None
+    got = decode(values, threshold)
     ber, bps = capacity(bits, got, slot)
     result = {"channel": name, "slot": slot, "values": values, "decoded": got, "ber": ber, "bits_per_s": bps}
     if host_receiver is not None:
         host_got = decode(json.loads(out["host"]))
         result["host_ber"], result["host_bits_per_s"] = capacity(bits, host_got, slot)
     return result
+
+
+def probe_pages(container, wanted: int) -> list[tuple[str, int]]:
+    """Pages no one has read lately of the image's large files (over 8 MiB, under /opt or /usr), as
+    (path in the container, offset): one per bit, the code book both sides share. Any large file of the
+    shared image will do."""
+    lower = container.attrs["GraphDriver"]["Data"]["LowerDir"].split(":")
+    found: list[tuple[str, int]] = []
+    for layer in lower:
+        for host_path in (p for top in ("opt", "usr") if Path(layer, top).is_dir() for p in Path(layer, top).rglob("*")):
+            if host_path.is_file() and not host_path.is_symlink() and host_path.stat().st_size > 8 << 20:
+                path = "/" + str(host_path.relative_to(layer))
+                found += [(path, off) for off in uncached_pages(container, path)]
+                if len(found) >= wanted:
+                    return found[:wanted]
+    return found
+
+
+def uncached_pages(container, path: str, stride: int = 1 << 20) -> list[int]:
+    """Offsets (one per MiB, beyond any readahead window) of the image file ``path`` that are not in the page cache now: the code book
+    both sides share. Probed on the host, on the image layer's own file (the same inode and page cache the
+    containers read through overlayfs), with mincore(2), which reads nothing in (RWF_NOWAIT would start
+    readahead on a miss)."""
+    import ctypes
+    import mmap
+
+    lower = container.attrs["GraphDriver"]["Data"]["LowerDir"].split(":")
+    host_file = next(Path(d + path) for d in lower if Path(d + path).is_file())
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    fd = os.open(host_file, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        vec = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
+        if libc.mincore(addr, size, vec) != 0:
+            raise OSError(ctypes.get_errno(), f"mincore {host_file}")
+        libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return [off for off in range(stride, size - stride, stride) if not vec.raw[off // mmap.PAGESIZE] & 1]
 
 
 def host_reader(config: dict) -> str:
