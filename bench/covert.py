@@ -52,7 +52,7 @@ def ints(path, pick):
     try:
         with open(path) as fh:
             return pick(fh.read())
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError, StopIteration):  # masked: an empty file reads as 0
         return 0
 
 def sender_devices():
@@ -226,7 +226,7 @@ CHANNELS = (
     Channel("vmstat", 0.5, "/proc/vmstat pgpgout: disk writes"),
     Channel("pressure", 0.5, "/proc/pressure/cpu: a busy loop"),
     Channel("cpu-timing", 0.3, "the receiver's own loop speed: a busy loop (CPU contention)"),
-    Channel("page-cache", 0.05, "preadv2(RWF_NOWAIT) on a page of a shared image file: one page read"),
+    Channel("page-cache", 0.05, "a timed read of one page of a large file of the shared image: the sender read it or not"),
 )
 BY_NAME = {c.name: c for c in CHANNELS}
 PYTHON = "/opt/notebook/bin/python"
@@ -296,6 +296,8 @@ def run_channel(sender, receiver, name: str, bits: list[int], slot: float | None
     threshold = -math.log10(25_000) if name == "page-cache" else None
     got = decode(values, threshold)
     ber, bps = capacity(bits, got, slot)
+    if len(set(values)) == 1:  # a view that never moved carries nothing, whatever the bits' balance
+        ber, bps = 0.5, 0.0
     result = {"channel": name, "slot": slot, "values": values, "decoded": got, "ber": ber, "bits_per_s": bps}
     if host_receiver is not None:
         host_got = decode(json.loads(out["host"]))
