@@ -25,9 +25,9 @@ pytestmark = pytest.mark.integration
 
 SENDER_PROJECT, RECEIVER_PROJECT = "demo-oncology", "demo-cardio"
 
-# Documented capacities of the channels that stay open (docs/SECURITY.md, covert-channel table), in
-# bits/s, with a margin for a loaded 2-core machine. A rise above these means a channel got wider.
-OPEN_CHANNEL_BOUNDS = {"host-disk-free": 2.0, "cpu-timing": 3.4}
+# The channels that stay open, each with the bound docs/SECURITY.md states for it (about twice the most
+# measured on these 2-core machines, and below the protocol's ceiling of 1/slot, so a wider channel fails).
+OPEN_CHANNEL_BOUNDS = {"host-disk-free": 1.5, "cpu-timing": 1.5, "forks": 4.0, "page-cache": 15.0}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_loop_device_counters_carry_no_person_id_between_projects(pair):
     assert result["host_ber"] <= 0.15, f"the sender's signal did not reach the host's counters: {result}"
     # alice's container saw nothing move at all: not one counter of any block device.
     assert set(result["values"]) == {0}, result["values"]
-    assert text_of(result["decoded"]) != payload and result["bits_per_s"] == 0
+    assert text_of(result["decoded"]) != payload and result["bits_per_s"] == 0 and result["ber"] == 0.5
 
 
 def test_no_block_device_or_loop_backing_file_of_any_project_is_visible(hub, pair):
