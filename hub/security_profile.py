@@ -67,7 +67,8 @@ SHARED_KERNEL_MASKED_PATHS = (
     # Masked, not lxcfs's diskstats: on this kernel (cgroup v1 blkio without the old CFQ statistics files)
     # lxcfs served the host's whole file, and bench/covert.py measured 0.9 bits/s through it.
     "/proc/diskstats", "/proc/partitions", "/sys/block", "/sys/class/block", "/sys/dev/block", "/sys/devices/virtual/block",
-    "/sys/fs/ext4", "/sys/fs/btrfs", "/sys/fs/xfs", "/sys/kernel/mm/ksm",
+    "/sys/class/bdi", "/sys/devices/virtual/bdi", "/sys/fs/ext4", "/sys/fs/btrfs", "/sys/fs/xfs",
+    "/sys/kernel/mm/ksm",
     # host-wide memory, interrupt and scheduler counters
     "/proc/vmstat", "/proc/zoneinfo", "/proc/buddyinfo", "/proc/pagetypeinfo", "/proc/interrupts",
     "/proc/softirqs", "/proc/schedstat", "/proc/pressure", "/sys/devices/system/node",

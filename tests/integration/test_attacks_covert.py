@@ -66,15 +66,15 @@ def test_no_block_device_or_loop_backing_file_of_any_project_is_visible(hub, pai
     host_backing = [p.read_text().strip() for p in Path("/sys/block").glob("loop*/loop/backing_file")]
     assert any("demo-oncology" in b for b in host_backing), "control: bob's workspace image is a loop device"
     _, out = docker_exec(receiver, (
-        "cat /proc/partitions /proc/diskstats; ls -A /sys/block /sys/class/block /sys/dev/block "
-        "/sys/devices/virtual/block /sys/fs/ext4; find /sys -name backing_file 2>/dev/null; "
+        "cat /proc/partitions /proc/diskstats; find /sys/block /sys/class/block /sys/dev/block "
+        "/sys/devices/virtual/block /sys/class/bdi /sys/fs/ext4 -mindepth 1; find /sys -name backing_file 2>/dev/null; "
         "grep -rsl -e demo-oncology -e .ext4 /sys/devices/virtual /sys/class /sys/fs /proc/partitions 2>/dev/null"
     ))
     assert out.strip() == "", out
     disks = [os.path.realpath(p) for p in Path("/sys/block").iterdir()]
     physical = [d for d in disks if not d.startswith("/sys/devices/virtual/")]
     for disk in physical:  # the host's own disk: its I/O counters are empty inside
-        _, out = docker_exec(receiver, f"cat {disk}/stat 2>/dev/null; ls -A {disk}")
+        _, out = docker_exec(receiver, f"cat {disk}/stat 2>/dev/null; find {disk} -mindepth 1 2>/dev/null")
         assert out.strip() == "", f"{disk}: {out}"
 
 
