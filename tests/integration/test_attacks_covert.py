@@ -25,9 +25,11 @@ pytestmark = pytest.mark.integration
 
 SENDER_PROJECT, RECEIVER_PROJECT = "demo-oncology", "demo-cardio"
 
-# The channels that stay open, each with the bound docs/SECURITY.md states for it (about twice the most
-# measured on these 2-core machines, and below the protocol's ceiling of 1/slot, so a wider channel fails).
-OPEN_CHANNEL_BOUNDS = {"host-disk-free": 1.5, "cpu-timing": 1.5, "forks": 4.0, "page-cache": 15.0}
+# The channels that stay open: (slot in seconds, the bound in bits/s docs/SECURITY.md states for it). Each
+# bound is about 1.5-2x the most measured on these 2-core machines and well below the protocol's ceiling of
+# 1/slot, so a channel that got wider fails the test.
+OPEN_CHANNELS = {"host-disk-free": (0.1, 6.0), "forks": (0.1, 7.0), "cpu-timing": (0.3, 1.5),
+                 "page-cache": (0.05, 15.0)}
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +118,13 @@ def test_the_loadavg_threads_channel_is_closed_by_lxcfs(pair):
     assert result["bits_per_s"] <= 0.5, result
 
 
-@pytest.mark.parametrize("channel", sorted(OPEN_CHANNEL_BOUNDS))
+@pytest.mark.parametrize("channel", sorted(OPEN_CHANNELS))
 def test_remaining_open_channels_stay_within_their_documented_capacity(pair, channel):
     sender, receiver = pair
-    bits = [secrets.randbelow(2) for _ in range(32)]
-    result = run_channel(sender, receiver, channel, bits)
-    assert result["bits_per_s"] <= OPEN_CHANNEL_BOUNDS[channel], result
+    slot, bound = OPEN_CHANNELS[channel]
+    bits = [secrets.randbelow(2) for _ in range(48)]
+    result = run_channel(sender, receiver, channel, bits, slot=slot)
+    assert result["bits_per_s"] <= bound, result
 
 
 def test_decoder_is_not_blind():
