@@ -78,7 +78,7 @@ class EnclaveSpawner(DockerSpawner):
     lxcfs_dir = Unicode(
         str(LXCFS_DIR),
         help="Where lxcfs is mounted on the host. Its per-container /proc files (meminfo, stat, loadavg, "
-        "diskstats, ...) replace the kernel's host-wide ones, which let one project watch or signal to "
+        "cpuinfo, uptime) replace the kernel's host-wide ones, which let one project watch or signal to "
         "another. A spawn is refused while lxcfs is not answering.",
     ).tag(config=True)
 
@@ -260,7 +260,8 @@ class EnclaveSpawner(DockerSpawner):
         try:
             project = self.authorize()
             await self.check_engine()
-            problem = lxcfs_problem(Path(self.lxcfs_dir))
+            # A hung FUSE daemon blocks its readers: ask it from the executor, not the event loop.
+            problem = await asyncio.wrap_future(FILESYSTEM_EXECUTOR.submit(lxcfs_problem, Path(self.lxcfs_dir)))
             if problem:
                 raise SpawnError(f"Cannot start {project.id}: {problem}. Without it the container would "
                                  "see the host's memory, load and disk counters.")

@@ -12,6 +12,7 @@ from hub.security_profile import (
     Mount,
     host_block_device_dirs,
     inspect_problems,
+    lxcfs_problem,
     memory_bytes,
     security_profile,
 )
@@ -111,3 +112,8 @@ def test_inspect_problems_name_a_missing_mask_and_lxcfs():
     assert "MaskedPaths lacks ['/proc/diskstats', '/proc/partitions'" in problems
     assert "lxcfs files are not bound" in problems and "Healthcheck is unset" in problems
     assert "CpuShares is the default" in problems
+
+
+def test_lxcfs_not_mounted_is_named_with_what_to_do(tmp_path):
+    problem = lxcfs_problem(tmp_path)
+    assert problem and str(tmp_path) in problem and "ensure_lxcfs" in problem
