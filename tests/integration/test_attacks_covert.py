@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 from pathlib import Path
 
 import pytest
@@ -132,4 +131,3 @@ def test_decoder_is_not_blind():
     bits = [1, 0, 1, 1, 0, 0, 1, 0]
     assert decode([b * 10 + 3 for b in bits]) == bits
     assert capacity(bits, bits, 0.5)[1] == 2.0
-    assert time.time() > 0
