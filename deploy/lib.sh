@@ -15,7 +15,7 @@ die() { printf 'deploy: %s\n' "$*" >&2; exit 1; }
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and manages dockerd and iptables)"; }
 
 ensure_packages() {
-  local wanted=(slapd ldap-utils debootstrap iptables python3 python3-venv ca-certificates curl procps e2fsprogs "$@")
+  local wanted=(slapd ldap-utils debootstrap iptables python3 python3-venv ca-certificates curl procps e2fsprogs squashfs-tools lxcfs "$@")
   local missing=()
   for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   # Any Docker engine will do (Debian's docker.io, or Docker CE already there).
@@ -40,6 +40,32 @@ ensure_loop_devices() {
   # Workspace quotas are loop-mounted ext4 filesystems (hub/workspace.py).
   [ -e /dev/loop-control ] || modprobe loop 2>/dev/null || true
   [ -e /dev/loop-control ] || die "no loop devices (/dev/loop-control): workspace quotas need them (modprobe loop)"
+}
+
+LXCFS_DIR=/var/lib/lxcfs
+ensure_lxcfs() {
+  # Per-container /proc/meminfo, stat, loadavg, diskstats, ... (hub/security_profile.py LXCFS_FILES): the
+  # kernel's own are host-wide, a view of other projects and a covert channel between them. -l: loadavg too.
+  [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+  [ -e /dev/fuse ] || die "no /dev/fuse: lxcfs needs FUSE (modprobe fuse); the hub refuses to spawn without it"
+  if mountpoint -q "$LXCFS_DIR" && head -c1 "$LXCFS_DIR/proc/meminfo" >/dev/null 2>&1; then return 0; fi
+  say "starting lxcfs on $LXCFS_DIR"
+  # A dead lxcfs leaves its mount behind ("Transport endpoint is not connected"): clear it first.
+  mountpoint -q "$LXCFS_DIR" && umount -l "$LXCFS_DIR"
+  mkdir -p "$LXCFS_DIR"
+  if [ -d /run/systemd/system ]; then
+    mkdir -p /etc/systemd/system/lxcfs.service.d
+    printf '[Service]\nExecStart=\nExecStart=/usr/bin/lxcfs -l %s\n' "$LXCFS_DIR" \
+      > /etc/systemd/system/lxcfs.service.d/enclave.conf
+    systemctl daemon-reload; systemctl enable lxcfs >/dev/null 2>&1 || true
+    systemctl restart lxcfs || die "systemctl restart lxcfs failed: see journalctl -u lxcfs"
+  else
+    setsid nohup /usr/bin/lxcfs -f -l "$LXCFS_DIR" </dev/null >>/var/log/enclave-lxcfs.log 2>&1 &
+  fi
+  for _ in $(seq 1 20); do
+    mountpoint -q "$LXCFS_DIR" && head -c1 "$LXCFS_DIR/proc/meminfo" >/dev/null 2>&1 && return 0; sleep 0.5
+  done
+  die "lxcfs did not come up on $LXCFS_DIR (see /var/log/enclave-lxcfs.log or journalctl -u lxcfs)"
 }
 
 ensure_dockerd() {

@@ -27,7 +27,7 @@ from hub import firewall
 from hub.cli import CLIError
 from hub.paths import EnclavePaths
 from hub.policy import PolicyError, Site, load_policy
-from hub.security_profile import inspect_problems
+from hub.security_profile import inspect_problems, lxcfs_problem
 
 EXIT_WEAK = 3
 # CVE-2024-29018 (GHSA-mq39-4gv4-mvpx): the embedded DNS resolver of an internal network forwarded
@@ -92,6 +92,7 @@ class Observed:
     proxy_token: str | None = None
     proxy_unauthenticated_status: int | None = None  # what the proxy API answers without a token
     euid: int = 0
+    lxcfs_problem: str | None = None  # why lxcfs cannot serve the containers' /proc files; None: it can
 
 
 # ---- checks (pure) ------------------------------------------------------------------------------------
@@ -267,6 +268,13 @@ def check_keys(obs: Observed) -> Check:
     )
 
 
+def check_lxcfs(obs: Observed) -> Check:
+    """Containers read lxcfs's per-container /proc files; without lxcfs the hub refuses to spawn."""
+    if obs.lxcfs_problem:
+        return Check("lxcfs", False, f"{obs.lxcfs_problem}: spawns are refused until it answers")
+    return Check("lxcfs", True, "per-container /proc views (meminfo, stat, loadavg, cpuinfo, uptime) answer")
+
+
 def check_proxy_token(obs: Observed) -> Check:
     token = obs.proxy_token
     if token is None:
@@ -300,6 +308,7 @@ CHECKS: tuple[Callable[[Observed], Check], ...] = (
     check_images,
     check_keys,
     check_proxy_token,
+    check_lxcfs,
 )
 
 
@@ -405,6 +414,7 @@ def observe(paths: EnclavePaths) -> Observed:
         proxy_token=token,
         proxy_unauthenticated_status=_proxy_status(site),
         euid=os.geteuid(),
+        lxcfs_problem=lxcfs_problem(),
         **_observe_engine(site),
     )
 

@@ -8,6 +8,7 @@ derived from the project policy, and the limits from the project's resources.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,84 @@ PROTECTED_HOST_CONFIG = frozenset(
         "security_opt", "privileged", "devices", "device_requests", "pid_mode", "ipc_mode", "uts_mode",
         "userns_mode", "cgroupns", "pids_limit", "mem_limit", "memswap_limit", "cpu_quota", "cpu_period",
         "ulimits", "sysctls", "dns", "extra_hosts", "port_bindings", "publish_all_ports", "runtime",
+        "cpu_shares", "healthcheck", "MaskedPaths", "ReadonlyPaths",
     }
 )
+
+
+# The engine's own default masked and read-only paths (moby oci/defaults.go, as Docker 20.10 applies them;
+# /sys/devices/virtual/powercap is masked by later engines). A client that sets HostConfig.MaskedPaths or
+# ReadonlyPaths REPLACES these lists, so they are repeated here and ours are added after them.
+ENGINE_DEFAULT_MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+ENGINE_DEFAULT_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+# Host-wide kernel state that every container could read and another project could move: each one is a
+# covert channel between projects, or a view of the host (docs/SECURITY.md, covert-channel table).
+# Masked: an empty file (/dev/null) or an empty read-only directory. The /proc files a program really
+# needs (meminfo, stat, cpuinfo, loadavg, uptime) are replaced by lxcfs's per-container
+# views instead (LXCFS_FILES), not masked.
+SHARED_KERNEL_MASKED_PATHS = (
+    # block devices: names of every loop device (= every project's workspace image) and their I/O counters.
+    # Masked, not lxcfs's diskstats: on this kernel (cgroup v1 blkio without the old CFQ statistics files)
+    # lxcfs served the host's whole file, and bench/covert.py measured 0.9 bits/s through it.
+    "/proc/diskstats", "/proc/partitions", "/sys/block", "/sys/class/block", "/sys/dev/block", "/sys/devices/virtual/block",
+    "/sys/class/bdi", "/sys/devices/virtual/bdi", "/sys/fs/ext4", "/sys/fs/btrfs", "/sys/fs/xfs",
+    "/sys/kernel/mm/ksm",
+    # host-wide memory, interrupt and scheduler counters
+    "/proc/vmstat", "/proc/zoneinfo", "/proc/buddyinfo", "/proc/pagetypeinfo", "/proc/interrupts",
+    "/proc/softirqs", "/proc/schedstat", "/proc/pressure", "/sys/devices/system/node",
+    # host-wide tables that count other containers' objects
+    "/proc/locks", "/proc/key-users", "/proc/sys/fs/file-nr", "/proc/sys/fs/inode-nr",
+    "/proc/sys/fs/inode-state", "/proc/sys/fs/dentry-state", "/proc/sys/kernel/random/entropy_avail",
+)
+
+# lxcfs (Debian's package, a FUSE filesystem on the host) answers these per container, from the reading
+# process's own cgroups: its memory, its CPU time, its load, its block I/O. Bound read-only over the
+# kernel's host-wide files.
+LXCFS_DIR = Path("/var/lib/lxcfs")
+LXCFS_FILES = (
+    ("proc/cpuinfo", "/proc/cpuinfo"), ("proc/loadavg", "/proc/loadavg"),
+    ("proc/meminfo", "/proc/meminfo"), ("proc/stat", "/proc/stat"), ("proc/swaps", "/proc/swaps"),
+    ("proc/uptime", "/proc/uptime"), ("sys/devices/system/cpu/online", "/sys/devices/system/cpu/online"),
+)
+
+# CIS 5.11/5.12: a notebook gets half the CPU weight of a host daemon (1024) per CPU of its quota, so
+# under contention the hub, the engine and the audit trail keep their share.
+CPU_SHARES_PER_CPU = 512
+
+# CIS 5.27: the engine asks the Jupyter server itself; -I -S keeps the check to a ~20 ms interpreter
+# start. /api answers without a token and is not counted as activity (it does not postpone culling).
+HEALTHCHECK_CODE = (
+    "import os,urllib.request as u;"
+    "u.urlopen('http://127.0.0.1:%d'+os.environ.get('JUPYTERHUB_SERVICE_PREFIX','/')+'api',timeout=5)"
+)
+SECOND_NS = 1_000_000_000
+
+
+def host_block_device_dirs(sysfs: Path = Path("/sys")) -> list[str]:
+    """The sysfs directories of the host's physical disks (e.g. /sys/devices/pci.../block/vda): their
+    ``stat`` files count the host disk's I/O. Loop and other virtual devices are under
+    /sys/devices/virtual/block, masked whole. Read on the host at each spawn, so a new disk is covered."""
+    found = []
+    for entry in sorted((sysfs / "block").glob("*")) if (sysfs / "block").is_dir() else []:
+        real = os.path.realpath(entry)
+        if not real.startswith(f"{sysfs}/devices/virtual/"):
+            found.append("/sys/" + os.path.relpath(real, sysfs))
+    return found
+
+
+def lxcfs_problem(lxcfs_dir: Path = LXCFS_DIR) -> str | None:
+    """Why lxcfs cannot serve the containers' /proc files, or None when it can."""
+    if not os.path.ismount(lxcfs_dir):
+        return f"lxcfs is not mounted at {lxcfs_dir} (deploy/lib.sh ensure_lxcfs starts it)"
+    try:
+        (lxcfs_dir / "proc" / "meminfo").read_bytes()
+    except OSError as exc:
+        return f"lxcfs at {lxcfs_dir} does not answer ({exc.strerror}): restart it (deploy/lib.sh ensure_lxcfs)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,10 +149,15 @@ def security_profile(
     memory: str,
     pids: int,
     gpus: int = 0,
+    port: int = 8888,
+    lxcfs_dir: Path = LXCFS_DIR,
+    host_block_devices: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """Everything the engine is told about one notebook container, as create_host_config kwargs
-    (``host_config``) and create_container kwargs (``create``)."""
+    (``host_config``), create_container kwargs (``create``) and HostConfig fields docker-py has no
+    keyword for (``engine_host_config``, merged into the host config as they are)."""
     mem = memory_bytes(memory)
+    lxcfs = [f"{lxcfs_dir / source}:{target}:ro" for source, target in LXCFS_FILES]
     host_config: dict[str, Any] = {
         # Network: the project's internal network only. DNS points at the network's own gateway,
         # where the host firewall drops it: Docker's embedded resolver then has nowhere to forward
@@ -86,7 +168,7 @@ def security_profile(
         "sysctls": {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"},
         # Filesystem: read-only root, data read-only, workspace the only persistent writable place.
         "read_only": True,
-        "binds": [m.bind() for m in mounts],
+        "binds": [m.bind() for m in mounts] + lxcfs,
         "tmpfs": dict(TMPFS),
         # Privilege (CIS 5.3, 5.4, 5.25): no capabilities, no setuid escalation, default seccomp.
         "cap_drop": ["ALL"],
@@ -101,6 +183,7 @@ def security_profile(
         "memswap_limit": mem,
         "cpu_period": 100_000,
         "cpu_quota": int(cpu * 100_000),
+        "cpu_shares": max(2, int(cpu * CPU_SHARES_PER_CPU)),
         "pids_limit": pids,
         "ulimits": [
             Ulimit(name="nofile", soft=4096, hard=4096),
@@ -118,8 +201,17 @@ def security_profile(
         "working_dir": WORKSPACE,
         "network_disabled": False,
         "labels": {"org.enclave.role": "notebook"},
+        "healthcheck": {
+            "test": ["CMD", "/opt/notebook/bin/python", "-I", "-S", "-c", HEALTHCHECK_CODE % port],
+            "interval": 15 * SECOND_NS, "timeout": 10 * SECOND_NS, "retries": 3, "start_period": 60 * SECOND_NS,
+        },
     }
-    return {"host_config": host_config, "create": create}
+    # No shared-kernel view: the engine's defaults, then every host-wide counter another project moves.
+    engine_host_config = {
+        "MaskedPaths": [*ENGINE_DEFAULT_MASKED_PATHS, *SHARED_KERNEL_MASKED_PATHS, *host_block_devices],
+        "ReadonlyPaths": list(ENGINE_DEFAULT_READONLY_PATHS),
+    }
+    return {"host_config": host_config, "create": create, "engine_host_config": engine_host_config}
 
 
 def inspect_problems(attrs: dict[str, Any]) -> list[str]:
@@ -166,12 +258,25 @@ def inspect_problems(attrs: dict[str, Any]) -> list[str]:
         flags = set(opts.split(","))
         want({"noexec", "nosuid", "nodev"} <= flags and any(f.startswith("size=") for f in flags),
              f"tmpfs {path} is not noexec,nosuid,nodev with a size cap")
+    want((hc.get("CpuShares") or 0) not in (0, 1024), "HostConfig.CpuShares is the default: no CPU priority set")
+    health = (config.get("Healthcheck") or {}).get("Test") or ["NONE"]
+    want(health[0] != "NONE", "Config.Healthcheck is unset")
+    masked = set(hc.get("MaskedPaths") or [])
+    missing = [p for p in (*ENGINE_DEFAULT_MASKED_PATHS, *SHARED_KERNEL_MASKED_PATHS) if p not in masked]
+    want(not missing, f"HostConfig.MaskedPaths lacks {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    readonly = set(hc.get("ReadonlyPaths") or [])
+    want(set(ENGINE_DEFAULT_READONLY_PATHS) <= readonly, "HostConfig.ReadonlyPaths lacks the engine's defaults")
+    lxcfs_targets = {target for _, target in LXCFS_FILES}
+    bound = {str(m.get("Destination")) for m in attrs.get("Mounts") or []}
+    want(lxcfs_targets <= bound, f"lxcfs files are not bound over {sorted(lxcfs_targets - bound)}")
     for mount in attrs.get("Mounts") or []:
         source, dest = str(mount.get("Source", "")), str(mount.get("Destination", ""))
         if "docker.sock" in source or "docker.sock" in dest:
             problems.append(f"the Docker socket is mounted ({source} at {dest})")
         elif dest == WORKSPACE:
             continue
+        elif dest in lxcfs_targets:
+            want(mount.get("RW") is False, f"lxcfs file {dest} is writable")
         elif dest.startswith(DATA_ROOT + "/"):
             want(mount.get("RW") is False, f"data mount {dest} is writable")
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -18,19 +19,27 @@ from tornado import web
 from traitlets import Unicode, default, validate
 
 from hub import firewall, runtime
+from hub.dataset_images import ensure_dataset_filesystem
 from hub.paths import EnclavePaths
 from hub.policy import Project
 from hub.security_profile import (
     DATA_ROOT,
     HOME,
+    LXCFS_DIR,
     PROTECTED_HOST_CONFIG,
     WORKSPACE,
     Mount,
+    host_block_device_dirs,
+    lxcfs_problem,
     security_profile,
 )
 from hub.workspace import WorkspaceError, ensure_workspace
 
 ACCREDITED_GROUP = "enclave-researchers"
+
+# Filesystem work (mkfs, mksquashfs, mount) blocks for up to seconds: never on the event loop, and not on
+# DockerSpawner's single engine thread either, or every other spawn's engine calls would queue behind it.
+FILESYSTEM_EXECUTOR = ThreadPoolExecutor(2, thread_name_prefix="enclave-fs")
 
 
 class SpawnError(web.HTTPError):
@@ -64,6 +73,13 @@ class EnclaveSpawner(DockerSpawner):
     policy_dir = Unicode(
         help="The policy directory. The spawner consults it at every spawn, so a policy change applies "
         "to the next spawn without a hub restart.",
+    ).tag(config=True)
+
+    lxcfs_dir = Unicode(
+        str(LXCFS_DIR),
+        help="Where lxcfs is mounted on the host. Its per-container /proc files (meminfo, stat, loadavg, "
+        "cpuinfo, uptime) replace the kernel's host-wide ones, which let one project watch or signal to "
+        "another. A spawn is refused while lxcfs is not answering.",
     ).tag(config=True)
 
     @default("state_dir")
@@ -143,7 +159,10 @@ class EnclaveSpawner(DockerSpawner):
         return project
 
     def project_mounts(self, project: Project) -> list[Mount]:
-        """Datasets read-only under /data (outside Jupyter's root), the shared workspace read-write."""
+        """Datasets read-only under /data (outside Jupyter's root), the shared workspace read-write.
+
+        Blocking (it builds and mounts filesystems): run it in FILESYSTEM_EXECUTOR. Each dataset is its own
+        read-only squashfs (hub/dataset_images.py), so statvfs on /data shows that filesystem only."""
         policy = self.policy_store.current()
         mounts = []
         for ref in project.datasets:
@@ -156,7 +175,11 @@ class EnclaveSpawner(DockerSpawner):
                 )
             if ref.id not in policy.datasets:
                 raise SpawnRefused(f"Cannot start {project.id}: dataset {ref.id} is not catalogued.", status=409)
-            mounts.append(Mount(published, f"{DATA_ROOT}/{ref.id}", read_only=True))
+            try:
+                mounted = ensure_dataset_filesystem(Path(self.state_dir), published, project.id, ref.id, ref.version)
+            except WorkspaceError as exc:
+                raise SpawnError(f"Cannot start {project.id}: {exc}") from exc
+            mounts.append(Mount(mounted, f"{DATA_ROOT}/{ref.id}", read_only=True))
         mounts.append(Mount(self.ensure_workspace(project), WORKSPACE, read_only=False))
         return mounts
 
@@ -237,7 +260,12 @@ class EnclaveSpawner(DockerSpawner):
         try:
             project = self.authorize()
             await self.check_engine()
-            mounts = self.project_mounts(project)
+            # A hung FUSE daemon blocks its readers: ask it from the executor, not the event loop.
+            problem = await asyncio.wrap_future(FILESYSTEM_EXECUTOR.submit(lxcfs_problem, Path(self.lxcfs_dir)))
+            if problem:
+                raise SpawnError(f"Cannot start {project.id}: {problem}. Without it the container would "
+                                 "see the host's memory, load and disk counters.")
+            mounts = await asyncio.wrap_future(FILESYSTEM_EXECUTOR.submit(self.project_mounts, project))
             gateway = await self.ensure_network(project)
         except SpawnRefused as exc:
             self.record("server.spawn", "denied", reason=exc.reason_text)
@@ -258,6 +286,9 @@ class EnclaveSpawner(DockerSpawner):
             memory=project.resources.memory,
             pids=project.resources.pids,
             gpus=project.resources.gpus,
+            port=self.port,
+            lxcfs_dir=Path(self.lxcfs_dir),
+            host_block_devices=host_block_device_dirs(),
         )
         self._enclave_env = {
             "ENCLAVE_PROJECT": project.id,
@@ -328,7 +359,8 @@ class EnclaveSpawner(DockerSpawner):
             environment=self.get_env(),
             command=await self.get_command(),
             ports={f"{self.port}/tcp": None},
-            host_config=self.client.create_host_config(**profile["host_config"]),
+            host_config={**self.client.create_host_config(**profile["host_config"]),
+                         **profile["engine_host_config"]},
             labels={**create["labels"], "org.enclave.project": self.name},
         )
         return await self.docker("create_container", **create)

@@ -21,6 +21,7 @@ import docker
 import requests
 import yaml
 
+from hub.dataset_images import release_dataset_filesystems
 from hub.workspace import release_workspaces
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,6 +184,7 @@ class Hub:
             proxy.wait(10)
         remove_docker_objects(self.prefix)
         release_workspaces(self.state / "workspaces")
+        release_dataset_filesystems(self.state)
 
     # ---- docker views -------------------------------------------------------------------------
     def container(self, user: str, project: str):

@@ -427,7 +427,11 @@ out([sorted(os.listdir("/data")), [[m[3], m[4]] for m in mounts if m[4].startswi
     listing, data_mounts, mountinfo = result
     assert listing == ["synthetic-omop"]
     assert [m[1] for m in data_mounts] == ["/data/synthetic-omop"]
-    assert f"/data/{CARDIO}/synthetic-omop/" in data_mounts[0][0], data_mounts
+    # Its own read-only squashfs, mounted whole (hub/dataset_images.py), built from demo-cardio's version.
+    assert data_mounts[0][0] == "/", data_mounts
+    assert " - squashfs " in next(line for line in mountinfo.splitlines() if " /data/synthetic-omop " in line)
+    sources = [m["Source"] for m in enclave.alice_container().attrs["Mounts"] if m["Destination"].startswith("/data")]
+    assert len(sources) == 1 and f"/data-images/{CARDIO}/synthetic-omop/" in sources[0], sources
     assert ONCOLOGY not in mountinfo, "nothing of demo-oncology is mounted"
 
 

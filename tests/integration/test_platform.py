@@ -8,6 +8,7 @@ import docker
 import pytest
 import requests
 
+from hub.security_profile import LXCFS_FILES
 from tests.harness import HubClient, ProcessExited, docker_exec, py_exec
 
 pytestmark = pytest.mark.integration
@@ -60,10 +61,13 @@ def test_spawned_container_matches_the_contract(hub, alice_server):
     assert attrs["Config"]["Image"] == hub.site_image
     mounts = {m["Destination"]: m for m in attrs["Mounts"]}
     assert mounts["/data/synthetic-omop"]["RW"] is False
-    assert mounts["/data/synthetic-omop"]["Source"] == str(hub.state / "data/demo-cardio/synthetic-omop/1")
+    # The published version as its own read-only squashfs (hub/dataset_images.py), not the host directory.
+    assert mounts["/data/synthetic-omop"]["Source"] == str(hub.state / "data-images/demo-cardio/synthetic-omop/1")
     assert mounts["/workspace"]["RW"] is True
     assert mounts["/workspace"]["Source"] == str(hub.state / "workspaces/demo-cardio")
-    assert set(mounts) == {"/data/synthetic-omop", "/workspace"}, "nothing else from the host is mounted"
+    lxcfs = {target for _, target in LXCFS_FILES}  # lxcfs's per-container /proc views, read-only
+    assert all(mounts[t]["RW"] is False and mounts[t]["Source"].startswith("/var/lib/lxcfs/") for t in lxcfs)
+    assert set(mounts) == {"/data/synthetic-omop", "/workspace", *lxcfs}, "nothing else from the host is mounted"
     assert docker_exec(container, "id -u")[1].strip() == "1000"
 
 

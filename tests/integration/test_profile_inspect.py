@@ -4,12 +4,23 @@ checks what we ask for; this checks what we got."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from hub.security_profile import NPROC_ALL_NOTEBOOKS
-from tests.harness import HubClient, docker_exec
+from hub.dataset_images import mount_point
+from hub.security_profile import (
+    ENGINE_DEFAULT_MASKED_PATHS,
+    ENGINE_DEFAULT_READONLY_PATHS,
+    LXCFS_FILES,
+    NPROC_ALL_NOTEBOOKS,
+    SHARED_KERNEL_MASKED_PATHS,
+    inspect_problems,
+)
+from tests.harness import IMAGE, HubClient, docker_exec
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +99,55 @@ def test_resource_limits(host_config):
     }  # CIS 5.14: no restart loops
 
 
+def test_cpu_shares_below_a_host_daemons(host_config):
+    # CIS 5.11 (docker-bench 5.12): a CPU priority is set; 512 per CPU of quota, a host daemon has 1024.
+    assert host_config["CpuShares"] == 512
+
+
+def test_a_real_health_check_reports_the_jupyter_server_healthy(spawned):
+    # CIS 5.26 (docker-bench 5.27): the engine itself probes the Jupyter server, and it answers.
+    container, _ = spawned
+    test = container.attrs["Config"]["Healthcheck"]["Test"]
+    assert test[:2] == ["CMD", "/opt/notebook/bin/python"] and "127.0.0.1:8888" in test[-1]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        container.reload()
+        health = container.attrs["State"]["Health"]
+        if health["Status"] != "starting":
+            break
+        time.sleep(2)
+    assert health["Status"] == "healthy", json.dumps(health["Log"][-2:])
+    assert health["Log"][-1]["ExitCode"] == 0 and health["FailingStreak"] == 0
+
+
+def test_masked_paths_are_the_engines_defaults_plus_every_shared_kernel_counter(host_config):
+    masked = host_config["MaskedPaths"]
+    assert masked[: len(ENGINE_DEFAULT_MASKED_PATHS)] == list(ENGINE_DEFAULT_MASKED_PATHS)
+    assert set(SHARED_KERNEL_MASKED_PATHS) <= set(masked)
+    host_disks = [os.path.realpath(p) for p in Path("/sys/block").iterdir()]
+    assert {p for p in host_disks if not p.startswith("/sys/devices/virtual/")} <= set(masked)
+    assert host_config["ReadonlyPaths"] == list(ENGINE_DEFAULT_READONLY_PATHS)
+
+
+def test_the_engines_own_defaults_are_still_masked_inside(spawned):
+    # The engine's list, as a plain container on this engine gets it: ours must mask at least the same.
+    container, _ = spawned
+    plain = container.client.containers.run(IMAGE, ["sh", "-c", "cat /proc/self/mountinfo"], entrypoint=[],
+                                            network_mode="none", remove=True).decode()
+    _, ours = docker_exec(container, "cat /proc/self/mountinfo")
+
+    def hidden(mountinfo: str) -> set[str]:
+        return {line.split()[4] for line in mountinfo.splitlines()
+                if line.split()[4].startswith(("/proc/", "/sys/")) and "cgroup" not in line}
+
+    assert hidden(plain) <= hidden(ours)
+    assert {"/proc/partitions", "/sys/block", "/proc/diskstats", "/proc/meminfo"} <= hidden(ours)
+
+
+def test_doctor_finds_nothing_wrong_with_the_running_container(spawned):
+    assert inspect_problems(spawned[0].attrs) == []
+
+
 def test_no_host_namespaces_devices_or_ports(hub, host_config):
     assert host_config["NetworkMode"] == f"{hub.prefix}{PROJECT}"  # CIS 5.9: not host
     assert host_config["PidMode"] == ""  # CIS 5.15
@@ -108,16 +168,20 @@ def test_no_host_namespaces_devices_or_ports(hub, host_config):
 
 def test_mounts_are_the_projects_data_read_only_and_its_workspace(hub, spawned, host_config):
     container, _ = spawned
-    data = hub.state / "data" / PROJECT / "synthetic-omop" / "1"
+    data = mount_point(hub.state, PROJECT, "synthetic-omop", "1")  # the dataset's own read-only squashfs
     workspace = hub.state / "workspaces" / PROJECT
+    lxcfs = [(f"/var/lib/lxcfs/{source}", target, False) for source, target in LXCFS_FILES]
     assert host_config["Binds"] == [
         f"{data}:/data/synthetic-omop:ro",
         f"{workspace}:/workspace:rw",
+        *(f"{source}:{target}:ro" for source, target, _ in lxcfs),
     ]  # CIS 5.5
-    assert sorted((m["Source"], m["Destination"], m["RW"]) for m in container.attrs["Mounts"]) == [
+    assert sorted((m["Source"], m["Destination"], m["RW"]) for m in container.attrs["Mounts"]) == sorted([
         (str(data), "/data/synthetic-omop", False),
         (str(workspace), "/workspace", True),
-    ]
+        *lxcfs,
+    ])
+    assert os.path.ismount(data) and "squashfs" in Path("/proc/mounts").read_text().split(f" {data} ")[1][:9]
     assert not [m for m in container.attrs["Mounts"] if "docker.sock" in m["Source"]]  # CIS 5.31
     assert not host_config.get("Mounts")
 

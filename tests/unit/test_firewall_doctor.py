@@ -13,6 +13,12 @@ from hub import doctor, firewall
 from hub.cli import main
 from hub.doctor import ContainerView, FileView, NetworkView, Observed
 from hub.policy import build_site
+from hub.security_profile import (
+    ENGINE_DEFAULT_MASKED_PATHS,
+    ENGINE_DEFAULT_READONLY_PATHS,
+    LXCFS_FILES,
+    SHARED_KERNEL_MASKED_PATHS,
+)
 
 BRIDGE = "enc0123456789"
 GATEWAY = "172.30.0.1"
@@ -51,7 +57,7 @@ def tables() -> dict:
 
 def locked_down_attrs() -> dict:
     return {
-        "Config": {"User": "1000:1000", "Image": "enclave/notebook:0.1"},
+        "Config": {"User": "1000:1000", "Image": "enclave/notebook:0.1", "Healthcheck": {"Test": ["CMD", "true"]}},
         "HostConfig": {
             "CapDrop": ["ALL"],
             "CapAdd": None,
@@ -78,10 +84,14 @@ def locked_down_attrs() -> dict:
                 {"Name": "core", "Hard": 0},
             ],
             "Tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=512m"},
+            "CpuShares": 512,
+            "MaskedPaths": [*ENGINE_DEFAULT_MASKED_PATHS, *SHARED_KERNEL_MASKED_PATHS],
+            "ReadonlyPaths": list(ENGINE_DEFAULT_READONLY_PATHS),
         },
         "Mounts": [
             {"Source": "/s/data/p/d/1", "Destination": "/data/d", "RW": False},
             {"Source": "/s/workspaces/p", "Destination": "/workspace", "RW": True},
+            *({"Source": f"/var/lib/lxcfs/{s}", "Destination": d, "RW": False} for s, d in LXCFS_FILES),
         ],
     }
 
@@ -277,6 +287,7 @@ def test_the_command_prints_one_line_per_check_and_exits_3_on_a_weakness(monkeyp
         ["FAIL", "image"],
         ["OK", "keys"],
         ["OK", "proxy"],
+        ["OK", "lxcfs"],
     ]
 
 
@@ -285,4 +296,16 @@ def test_the_command_exits_0_and_speaks_json(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(firewall, "listing", lambda: "# iptables ENCLAVE-INPUT\n-A ...")
     assert main(["--state-dir", str(tmp_path), "doctor", "--json", "--rules"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["ok"] is True and len(doc["checks"]) == 7 and doc["rules"].startswith("# iptables")
+    assert doc["ok"] is True and len(doc["checks"]) == 8 and doc["rules"].startswith("# iptables")
+
+
+def test_lxcfs_down_is_a_weakness_that_says_what_to_do():
+    reasons = failing(sound(lxcfs_problem="lxcfs is not mounted at /var/lib/lxcfs (deploy/lib.sh ensure_lxcfs starts it)"))
+    assert list(reasons) == ["lxcfs"] and "ensure_lxcfs" in reasons["lxcfs"] and "refused" in reasons["lxcfs"]
+
+
+def test_a_container_without_the_masked_counters_fails_the_profile_check():
+    attrs = locked_down_attrs()
+    attrs["HostConfig"]["MaskedPaths"] = None  # the engine's defaults only: /proc/diskstats readable
+    reasons = failing(sound(containers=(container(attrs=attrs),)))
+    assert "MaskedPaths lacks" in reasons["profile"]
