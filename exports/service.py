@@ -114,10 +114,10 @@ def build_workflow(
 
 def hub_oauth() -> Any:
     """HubOAuth configured from the JUPYTERHUB_* environment the hub gives a managed service."""
-    from jupyterhub.services.auth import HubOAuth
+    from exports.web import EnclaveHubOAuth
 
     # a short cache: a stopped server's token stops working within a minute
-    return HubOAuth(cache_max_age=60, allow_token_in_url=False)
+    return EnclaveHubOAuth(cache_max_age=60, allow_token_in_url=False)
 
 
 def start(
