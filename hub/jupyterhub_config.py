@@ -141,6 +141,7 @@ c.JupyterHub.services = [
             "ENCLAVE_STATE_DIR": str(paths.state_dir),
             "ENCLAVE_POLICY_DIR": str(paths.policy_dir),
             "ENCLAVE_EXPORTS_BIND": f"0.0.0.0:{site.exports_port}",
+            "ENCLAVE_PUBLIC_URL": site.public_url,  # https makes the service's cookies Secure
             **{k: v for k, v in os.environ.items() if k.startswith(("ENCLAVE_AUDIT_", "ENCLAVE_EXPORTS_"))},
         },
         "oauth_client_allowed_scopes": ["custom:exports:request", "custom:exports:review", "custom:exports:audit"],
@@ -173,4 +174,25 @@ c.JupyterHub.services = [
 # Logins, logouts and spawns are audited by the authenticator and the spawner; culls here.
 from hub.audit_hooks import audited_log_function
 
-c.JupyterHub.tornado_settings = {"log_function": audited_log_function(str(paths.state_dir))}
+# ---- browser-facing headers and cookies ---------------------------------------------------------------
+# JupyterHub's page template runs an inline script (window.jhdata, per user), so scripts need
+# 'unsafe-inline'; everything else is this origin only, no plugins, no framing, forms post here only.
+HUB_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+HUB_HEADERS = {
+    "Content-Security-Policy": HUB_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # nothing of the enclave frames a hub page (JupyterLab opens it top-level)
+    "Referrer-Policy": "same-origin",
+}
+https = site.public_url.startswith("https:")
+c.JupyterHub.tornado_settings = {
+    "log_function": audited_log_function(str(paths.state_dir)),
+    "headers": HUB_HEADERS,
+    # Lax, not Strict: a researcher following a link to the hub from elsewhere must arrive logged in.
+    # JupyterHub uses these for its session cookies and, by default, its _xsrf cookie.
+    "cookie_options": {"samesite": "Lax", **({"secure": True} if https else {})},
+}

@@ -1,0 +1,77 @@
+"""Login throttling as bookkeeping (hub/throttle.py), with a fake clock, and the username rule (hub/auth.py).
+The real hub, directory and audit trail are attacked in tests/integration/test_websec.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.auth import suspicious_username
+from hub.throttle import LoginThrottle, ThrottleSettings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(**kw) -> tuple[LoginThrottle, Clock]:
+    clock = Clock()
+    return LoginThrottle(ThrottleSettings(**kw), clock=clock), clock
+
+
+def test_the_delay_grows_past_the_free_failures_and_is_capped():
+    throttle, _ = make(free_failures=2, base_delay=1.0, max_delay=5.0)
+    delays = []
+    for _ in range(7):
+        throttle.failed("alice", "192.0.2.7")
+        delays.append(throttle.delay("alice", "192.0.2.7"))
+    assert delays == [0.0, 0.0, 1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_a_user_is_locked_out_then_let_in_again():
+    throttle, clock = make(user_lockout_after=5, lockout_seconds=60)
+    started = [throttle.failed("alice", f"192.0.2.{i}") for i in range(5)]
+    assert started[:4] == [[]] * 4 and started[4] == ["user"], "five addresses, one account: locked"
+    assert throttle.locked("alice", "198.51.100.1") == ("user", 60.0)
+    assert throttle.locked("bob", "198.51.100.1") is None, "other accounts are not affected"
+    clock.now += 61
+    assert throttle.locked("alice", "198.51.100.1") is None
+    assert throttle.delay("alice", "198.51.100.1") == 0.0, "the count starts again after a lockout"
+
+
+def test_a_source_is_locked_out_for_every_name():
+    throttle, _ = make(source_lockout_after=4, user_lockout_after=100)
+    for name in ("a", "b", "c", "d"):
+        throttle.failed(name, "192.0.2.9")
+    assert throttle.locked("erin", "192.0.2.9")[0] == "source"
+    assert throttle.locked("erin", "192.0.2.10") is None
+
+
+def test_failures_age_out_of_the_window_and_success_resets_the_user():
+    throttle, clock = make(window=100, free_failures=0, base_delay=1.0)
+    throttle.failed("alice", "192.0.2.1")
+    clock.now += 101
+    assert throttle.delay("alice", "192.0.2.2") == 0.0
+    throttle.failed("alice", "192.0.2.1")
+    throttle.succeeded("alice")
+    assert throttle.delay("alice", "192.0.2.2") == 0.0
+
+
+def test_memory_is_bounded_under_a_spray_of_names_and_addresses():
+    throttle, _ = make(max_tracked=100)
+    for i in range(10_000):
+        throttle.failed(f"user{i}", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+    assert len(throttle.users) == 100 and len(throttle.sources) == 100
+
+
+@pytest.mark.parametrize("name", ["alice\u200b", "al\u202eice", "alice\n", "alice\x00", "\u2028alice"])
+def test_invisible_and_control_characters_make_a_name_suspicious(name):
+    assert suspicious_username(name)
+
+
+@pytest.mark.parametrize("name", ["alice", "o'brien", "alice)(uid=*", "김민수"])
+def test_ordinary_names_are_not_suspicious(name):
+    assert not suspicious_username(name)
