@@ -178,9 +178,9 @@ class EnclaveAuthenticator(LDAPAuthenticator):
 
     def refuse(self, username: str, source: str, reason: str, **details) -> None:
         """A refused login on the trail, aggregated per (name, address) and reason."""
-        name = clip(username, 128) or "(blank)"
+        name = username or "(blank)"  # the aggregator clips and escapes actor and source itself
         self.refusals.refuse(actor=name, action="auth.login", reason=reason, source=f"{name} from {source}",
-                             details={"source": source, **details})
+                             details={"source": clip(source, 64), **details})
 
     async def authenticate(self, handler, data):
         username = str((data or {}).get("username", ""))

@@ -263,8 +263,11 @@ def test_a_flood_of_wrong_passwords_does_not_stall_the_hub(tight):
     assert slowest < 2.0, f"the hub answered /hub/health in {slowest:.1f}s during the flood"
     assert {f.result() for f in flood} <= {403, 429} and 429 in {f.result() for f in flood}
     time.sleep(WINDOW + 6)
-    zed = [r for r in records(tight, action="auth.login", actor="zed")]
-    assert len(zed) <= 8 and total(zed) == 60, (len(zed), total(zed))
+    zed = records(tight, action="auth.login", actor="zed")
+    attempts = [r for r in zed if r["details"]["reason"] != "lockout_started"]
+    assert len(zed) <= 8 and total(attempts) == 60, (len(zed), total(attempts))
+    checked = total([r for r in zed if r["details"]["reason"] == "invalid username or password"])
+    print(f"60 concurrent guesses: {checked} reached the directory, slowest /hub/health {slowest:.2f}s")
 
 
 def test_an_invisible_character_in_a_username_is_refused_and_audited_escaped(tight):

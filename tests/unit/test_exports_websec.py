@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from exports.domain import FileDecision, RequestStatus
+from exports.domain import FileDecision, RequestStatus, Visibility
 from exports.testing import admin, checker, create_request_at_status, make_env, researcher, serve
 
 S = RequestStatus
@@ -105,7 +105,7 @@ def test_once_the_round_closes_the_history_is_shown_whole(svc, env):
 
 def test_comment_numbers_do_not_count_hidden_comments(svc, env):
     rid = carol_reviewed_first(env)
-    env.workflow.comment(ALICE, rid, "the bands are 10 years wide", "researcher")
+    env.workflow.comment(ALICE, rid, "the bands are 10 years wide", Visibility.RESEARCHER)
     body = api(svc, DAVE, "GET", f"api/requests/{rid}").json()
     assert [c["id"] for c in body["comments"]] == [1], "carol's hidden comment must not show as a gap"
 
@@ -289,3 +289,78 @@ def test_a_flood_of_refusals_leaves_few_records_that_keep_the_count(svc, env):
     summary = env.audit.refusals()[-1]
     assert summary["details"]["repeated"] == 199 and summary["details"]["aggregated"] is True
     assert summary["actor"] == "alice" and summary["project"] == "demo-cardio"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# keep holding: stored XSS in every field a checker sees, CSRF on every POST, no open redirect
+
+XSS = "\"'><script>alert(1)</script><img src=x onerror=alert(2)><a href=javascript:alert(3)>x</a>"
+
+
+class _Elements(__import__("html.parser").parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts, self.handlers, self.js_urls = [], [], []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self._in_script = tag == "script"
+        if tag == "script":
+            self.scripts.append(dict(attrs))
+        for name, value in attrs:
+            if name.startswith("on"):
+                self.handlers.append((tag, name))
+            if name in ("href", "src", "action") and (value or "").strip().lower().startswith("javascript:"):
+                self.js_urls.append((tag, value))
+
+
+def test_no_field_a_checker_sees_can_carry_markup(svc, env):
+    table = f"group {XSS},n\n{XSS},120\nB,45\n"
+    rid = create_request_at_status(
+        env, S.SUBMITTED, files={f"r/{XSS[12:20]}x.csv": table, "notes.md": f"# {XSS}\n", "t.txt": XSS}
+    )
+    wf = env.workflow
+    wf.comment(ALICE, rid, XSS, Visibility.RESEARCHER)
+    f = wf.get(CAROL, rid).output_files[0]
+    wf.vote(CAROL, rid, f.id, FileDecision.CHANGES_REQUESTED, XSS, Visibility.RESEARCHER)
+    wf.return_request(DAVE, rid, XSS)
+    for who in (CAROL, DAVE, ALICE_WEB, admin()):
+        for path in (f"requests/{rid}", "queue", "mine"):
+            page = svc.browser(who).get(svc.url + path, timeout=30)
+            if page.status_code != 200:
+                continue
+            parsed = _Elements()
+            parsed.feed(page.text)
+            assert parsed.scripts == [] and parsed.handlers == [] and parsed.js_urls == [], (who.name, path)
+            assert "<script>alert(1)" not in page.text
+    # the same text through the JSON API is data, served as JSON, never sniffed as HTML
+    answer = api(svc, CAROL, "GET", f"api/requests/{rid}")
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+POSTS = ["vote", "review", "return", "comment", "revoke", "withdraw", "submit", "add_files", "remove_file"]
+
+
+@pytest.mark.parametrize("action", POSTS)
+def test_every_form_post_needs_this_sessions_token(svc, env, action):
+    rid = create_request_at_status(env, S.SUBMITTED)
+    before = env.storage.get(rid)
+    for who in (CAROL, ALICE_WEB):
+        r = svc.browser(who).post(svc.url + f"requests/{rid}/{action}", data={"reason": "x", "text": "x"},
+                                  allow_redirects=False, timeout=30)
+        assert r.status_code == 403
+        r = svc.browser(who).post(svc.url + f"api/requests/{rid}/{action}", json={"reason": "x"}, timeout=30)
+        assert r.status_code == 403
+    assert env.storage.get(rid) == before
+    new = svc.browser(ALICE_WEB).post(svc.url + "requests/new", data={"project": "demo-cardio"}, timeout=30)
+    assert new.status_code == 403
+
+
+def test_the_error_page_never_links_off_site(svc, env):
+    browser = svc.browser(CAROL)
+    for referer in ("https://192.0.2.1/services/exports/", "//198.51.100.1/x", "javascript:alert(1)"):
+        page = browser.get(svc.url + "requests/nope0000", headers={"Referer": referer}, timeout=30)
+        assert page.status_code == 404
+        links = re.findall(r'href="([^"]+)"', page.text)
+        assert links and all(link.startswith(("/services/exports/", "/hub/", "#")) for link in links), links

@@ -75,3 +75,54 @@ def test_invisible_and_control_characters_make_a_name_suspicious(name):
 @pytest.mark.parametrize("name", ["alice", "o'brien", "alice)(uid=*", "김민수"])
 def test_ordinary_names_are_not_suspicious(name):
     assert not suspicious_username(name)
+
+
+# ---- the authenticator's use of it, without a directory ------------------------------------------------
+
+def _authenticator(tmp_path, monkeypatch, **config):
+    import asyncio
+    import types
+
+    from hub.auth import EnclaveAuthenticator
+
+    auth = EnclaveAuthenticator(state_dir=str(tmp_path), login_delay_base=0.01, login_delay_max=0.02, **config)
+    calls = []
+
+    async def directory(handler, data, username):  # every password is wrong: no model
+        calls.append(username)
+
+    monkeypatch.setattr(auth, "_directory_login", directory)
+    handler = types.SimpleNamespace(request=types.SimpleNamespace(remote_ip="192.0.2.5"))
+
+    def attempt(name):
+        return asyncio.run(auth.authenticate(handler, {"username": name, "password": "guess"}))
+
+    return auth, calls, attempt
+
+
+def _logins(tmp_path, **query):
+    from audit import AuditLog
+
+    return list(AuditLog.open(tmp_path).records(action="auth.login", **query))
+
+
+def test_an_invisible_character_never_reaches_the_directory_and_is_audited_escaped_once(tmp_path, monkeypatch):
+    _, calls, attempt = _authenticator(tmp_path, monkeypatch)
+    assert attempt("alice\u200b") is None
+    assert calls == []
+    found = _logins(tmp_path, actor="alice\\u200b")
+    assert [r["details"]["reason"] for r in found] == ["invalid username or password"]
+
+
+def test_a_locked_user_gets_429_without_a_directory_bind(tmp_path, monkeypatch):
+    from tornado.web import HTTPError
+
+    _, calls, attempt = _authenticator(tmp_path, monkeypatch, login_user_lockout_after=3)
+    for _ in range(3):
+        assert attempt("erin") is None
+    with pytest.raises(HTTPError) as refused:
+        attempt("erin")
+    assert refused.value.status_code == 429 and "Too many failed logins" in refused.value.log_message
+    assert calls == ["erin"] * 3, "a locked user's password is not even checked"
+    reasons = [r["details"]["reason"] for r in _logins(tmp_path, actor="erin")]
+    assert reasons == ["invalid username or password", "lockout_started", "locked_out"]
