@@ -295,11 +295,15 @@ print(sorted(set(codes)))
 def test_a_flood_of_refused_export_requests_leaves_few_records_with_the_count(tight, alice):
     _, container = alice
     before = len(records(tight, action="export.refused", actor="alice"))
+    start = time.monotonic()
     code, out = docker_exec(container, ["/opt/notebook/bin/python", "-c", FLOOD], timeout=300)
+    took = time.monotonic() - start
     assert code == 0 and out.strip() == "[1]", out
     time.sleep(WINDOW + 12)  # the window closes and the service's timer writes the count
     flood = records(tight, action="export.refused", actor="alice")[before:]
-    assert len(flood) <= 3, f"{len(flood)} records for 200 refusals"
+    windows = int(took // WINDOW) + 2  # the flood spans this many windows at most
+    print(f"200 refused export requests in {took:.1f}s: {len(flood)} records")
+    assert len(flood) <= 2 * windows, f"{len(flood)} records for 200 refusals over {took:.0f}s"
     assert total(flood) == 200
     message = flood[0]["details"]["message"]
     assert "\u200b" not in message and "\\u200b" in message and len(message) <= 520
