@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import ssl
 import unicodedata
 from collections.abc import Iterable
@@ -146,6 +147,10 @@ class EnclaveAuthenticator(LDAPAuthenticator):
     _throttle: LoginThrottle | None = None
     _refusals: RefusalAggregator | None = None
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._in_flight: dict[str, list] = {}
+
     @property
     def throttle(self) -> LoginThrottle:
         if self._throttle is None:
@@ -186,6 +191,20 @@ class EnclaveAuthenticator(LDAPAuthenticator):
         username = str((data or {}).get("username", ""))
         source = handler.request.remote_ip if handler is not None else "unknown"
         key = clip(username.strip().lower(), 128)
+        async with self._one_at_a_time(key):  # concurrent guesses at one name cannot outrun the count
+            model = await self._checked_login(handler, data, username, key, source)
+        if model is None:
+            return None
+        groups = groups_from_dns(model["auth_state"].get("ldap_groups", []))
+        if not groups:
+            self.record(username, "denied", "not in any enclave group (not accredited)")
+            return None
+        model["groups"] = groups
+        self.record(model["name"], "ok", "password verified by LDAP", groups)
+        return model
+
+    async def _checked_login(self, handler, data, username: str, key: str, source: str):
+        """The throttled password check: refused at once while locked, delayed after failures."""
         locked = self.throttle.locked(key, source)
         if locked is not None:
             kind, left = locked
@@ -200,13 +219,20 @@ class EnclaveAuthenticator(LDAPAuthenticator):
             await self._failed(username, key, source)
             return None
         self.throttle.succeeded(key)
-        groups = groups_from_dns(model["auth_state"].get("ldap_groups", []))
-        if not groups:
-            self.record(username, "denied", "not in any enclave group (not accredited)")
-            return None
-        model["groups"] = groups
-        self.record(model["name"], "ok", "password verified by LDAP", groups)
         return model
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, key: str):
+        """Attempts at one username wait for each other. Entries live only while attempts are in flight."""
+        entry = self._in_flight.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._in_flight.pop(key, None)
 
     async def _directory_login(self, handler, data, username: str):
         """ldapauthenticator's check, on a thread (its bind blocks); a dead directory is a 503."""

@@ -268,6 +268,7 @@ def test_a_flood_of_wrong_passwords_does_not_stall_the_hub(tight):
     assert len(zed) <= 8 and total(attempts) == 60, (len(zed), total(attempts))
     checked = total([r for r in zed if r["details"]["reason"] == "invalid username or password"])
     print(f"60 concurrent guesses: {checked} reached the directory, slowest /hub/health {slowest:.2f}s")
+    assert checked == 4, "guesses at one name wait for each other: only the lockout's number is checked"
 
 
 def test_an_invisible_character_in_a_username_is_refused_and_audited_escaped(tight):

@@ -126,3 +126,22 @@ def test_a_locked_user_gets_429_without_a_directory_bind(tmp_path, monkeypatch):
     assert calls == ["erin"] * 3, "a locked user's password is not even checked"
     reasons = [r["details"]["reason"] for r in _logins(tmp_path, actor="erin")]
     assert reasons == ["invalid username or password", "lockout_started", "locked_out"]
+
+
+def test_concurrent_guesses_at_one_name_cannot_outrun_the_lockout(tmp_path, monkeypatch):
+    import asyncio
+    import types
+
+    from tornado.web import HTTPError
+
+    auth, calls, _ = _authenticator(tmp_path, monkeypatch, login_user_lockout_after=3)
+    handler = types.SimpleNamespace(request=types.SimpleNamespace(remote_ip="192.0.2.5"))
+
+    async def burst():
+        attempts = [auth.authenticate(handler, {"username": "erin", "password": f"g{i}"}) for i in range(20)]
+        return await asyncio.gather(*attempts, return_exceptions=True)
+
+    answers = asyncio.run(burst())
+    assert len(calls) == 3, f"{len(calls)} guesses reached the directory"
+    assert sum(isinstance(a, HTTPError) and a.status_code == 429 for a in answers) == 17
+    assert auth._in_flight == {}, "nothing is kept once the attempts are answered"
