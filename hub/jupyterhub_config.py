@@ -174,25 +174,10 @@ c.JupyterHub.services = [
 # Logins, logouts and spawns are audited by the authenticator and the spawner; culls here.
 from hub.audit_hooks import audited_log_function
 
-# ---- browser-facing headers and cookies ---------------------------------------------------------------
-# JupyterHub's page template runs an inline script (window.jhdata, per user), so scripts need
-# 'unsafe-inline'; everything else is this origin only, no plugins, no framing, forms post here only.
-HUB_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
-    "frame-ancestors 'none'"
-)
-HUB_HEADERS = {
-    "Content-Security-Policy": HUB_CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",  # nothing of the enclave frames a hub page (JupyterLab opens it top-level)
-    "Referrer-Policy": "same-origin",
-}
-https = site.public_url.startswith("https:")
+# ---- browser-facing headers and cookies (hub/headers.py) --------------------------------------------
+from hub.headers import browser_settings
+
 c.JupyterHub.tornado_settings = {
     "log_function": audited_log_function(str(paths.state_dir)),
-    "headers": HUB_HEADERS,
-    # Lax, not Strict: a researcher following a link to the hub from elsewhere must arrive logged in.
-    # JupyterHub uses these for its session cookies and, by default, its _xsrf cookie.
-    "cookie_options": {"samesite": "Lax", **({"secure": True} if https else {})},
+    **browser_settings(site.public_url),
 }

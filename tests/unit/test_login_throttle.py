@@ -145,3 +145,13 @@ def test_concurrent_guesses_at_one_name_cannot_outrun_the_lockout(tmp_path, monk
     assert len(calls) == 3, f"{len(calls)} guesses reached the directory"
     assert sum(isinstance(a, HTTPError) and a.status_code == 429 for a in answers) == 17
     assert auth._in_flight == {}, "nothing is kept once the attempts are answered"
+
+
+def test_hub_cookies_are_lax_and_secure_exactly_when_the_site_is_https():
+    from hub.headers import browser_settings
+
+    plain, tls = browser_settings("http://127.0.0.1:8000"), browser_settings("https://enclave.example.org")
+    assert plain["cookie_options"] == {"samesite": "Lax"}
+    assert tls["cookie_options"] == {"samesite": "Lax", "secure": True}
+    assert plain["headers"]["X-Frame-Options"] == "DENY" and "object-src 'none'" in plain["headers"][
+        "Content-Security-Policy"]
