@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -308,3 +309,21 @@ def test_a_flood_of_refused_export_requests_leaves_few_records_with_the_count(ti
     assert total(flood) == 200
     message = flood[0]["details"]["message"]
     assert "\u200b" not in message and "\\u200b" in message and len(message) <= 520
+
+
+# ---- keep holding: no open redirect at the login ---------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["https://192.0.2.1/", "//192.0.2.1/x", "/\\192.0.2.1/x",
+                                    "https:192.0.2.1", "javascript:alert(1)"])
+def test_the_login_never_redirects_off_site(tight, target):
+    client = HubClient(tight, "carol")
+    page = client.session.get(f"{tight.url}/hub/login", params={"next": target}, timeout=10)
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+    data = {"username": "carol", "password": "demo-carol", **({"_xsrf": xsrf.group(1)} if xsrf else {})}
+    response = client.session.post(f"{tight.url}/hub/login", params={"next": target}, data=data,
+                                   allow_redirects=False, timeout=30)
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert location.startswith("/") and not location.startswith(("//", "/\\")), location
+    resolved = urllib.parse.urlsplit(urllib.parse.urljoin(tight.url + "/hub/login", location))
+    assert resolved.netloc == urllib.parse.urlsplit(tight.url).netloc, location
