@@ -11,6 +11,9 @@ service; the enclave adds its own:
                                service at their network gateway, so the hub sets e.g. 0.0.0.0:8082
     ENCLAVE_EXPORTS_PROJECTS   "module:function" returning a ProjectDirectory, called with
                                (state_dir, policy_dir) (default exports.enclave_policy:project_directory)
+    ENCLAVE_EXPORTS_REFUSAL_WINDOW  seconds over which repeated refusals from one caller become one
+                               record with a count (default 60)
+    ENCLAVE_PUBLIC_URL         the site's public URL; https makes the service's cookies Secure
 
 The service refuses to start without the audit log: nothing may leave without leaving a trace.
 """
@@ -21,6 +24,7 @@ import importlib
 import logging
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +44,7 @@ from exports.workflow import AuditSink, ExportWorkflow, ProvenanceSource
 log = logging.getLogger("exports")
 DEFAULT_PROJECTS_FACTORY = "exports.enclave_policy:project_directory"
 AUDIT_RETRY_SECONDS = 10
+REFUSAL_FLUSH_SECONDS = 10
 RELEASE_RETRY_SECONDS = 60
 
 
@@ -56,6 +61,7 @@ class ServiceConfig:
     port: int
     base_url: str
     projects_factory: str
+    refusal_window: float = 60.0
 
     @property
     def exports_dir(self) -> Path:
@@ -75,7 +81,21 @@ class ServiceConfig:
             port=port,
             base_url=env.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/exports/",
             projects_factory=env.get("ENCLAVE_EXPORTS_PROJECTS") or DEFAULT_PROJECTS_FACTORY,
+            refusal_window=_seconds(env, "ENCLAVE_EXPORTS_REFUSAL_WINDOW", 60.0),
         )
+
+
+def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise ConfigError(f"{name} {raw!r}: expected a number of seconds between 0 and 86400")
+    return value
 
 
 def _bind(value: str) -> tuple[str, int]:
@@ -109,15 +129,17 @@ def build_workflow(
 ) -> ExportWorkflow:
     config.exports_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     storage = SQLStorage.open(config.db_url)
-    return ExportWorkflow.at(config.exports_dir, storage, projects, sink, provenance)
+    return ExportWorkflow.at(
+        config.exports_dir, storage, projects, sink, provenance, refusal_window=config.refusal_window
+    )
 
 
 def hub_oauth() -> Any:
     """HubOAuth configured from the JUPYTERHUB_* environment the hub gives a managed service."""
-    from jupyterhub.services.auth import HubOAuth
+    from exports.web import EnclaveHubOAuth
 
     # a short cache: a stopped server's token stops working within a minute
-    return HubOAuth(cache_max_age=60, allow_token_in_url=False)
+    return EnclaveHubOAuth(cache_max_age=60, allow_token_in_url=False)
 
 
 def start(
@@ -147,6 +169,10 @@ def start(
 
     ioloop.PeriodicCallback(in_background(workflow.deliver_audit), AUDIT_RETRY_SECONDS * 1000).start()
     ioloop.PeriodicCallback(in_background(workflow.release_pending), RELEASE_RETRY_SECONDS * 1000).start()
+    # the counts of repeated refusals reach the trail when their window closes, at the latest one
+    # flush period later
+    flush_every = min(REFUSAL_FLUSH_SECONDS, config.refusal_window) * 1000
+    ioloop.PeriodicCallback(in_background(workflow.flush_refusals), flush_every).start()
     log.info("export service listening on %s:%d%s", config.host, config.port, config.base_url)
     return app, server
 
@@ -165,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"exports.service: {exc}", file=sys.stderr)
         return 2
-    ioloop.IOLoop.current().start()
+    loop = ioloop.IOLoop.current()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops its services with SIGTERM
+        signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
+    try:
+        loop.start()
+    finally:
+        written = workflow.flush_refusals(everything=True)  # no counted refusal is lost at shutdown
+        log.info("export service stopped; %d refusal summaries written", written)
     return 0
 
 

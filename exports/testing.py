@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jupyterhub.services.auth import HubOAuth
-
 from exports.domain import FileDecision, RequestStatus, ReviewVerdict
 from exports.inputs import FileInput, GroupInput
 from exports.permissions import AUDIT_SCOPE, REQUEST_SCOPE, REVIEW_SCOPE, Identity
 from exports.projects import ProjectInfo, StaticProjectDirectory, Thresholds
 from exports.storage import SQLStorage
+from exports.web import EnclaveHubOAuth
 from exports.workflow import ExportWorkflow
 
 SAFE_CSV = "sex,age_band,n\nF,40-49,120\nM,40-49,135\nF,50-59,140\nM,50-59,150\n"
@@ -181,8 +180,8 @@ def create_request_at_status(
     return rid
 
 
-class FakeHubOAuth(HubOAuth):
-    """A HubOAuth that knows its tokens instead of asking a hub: token -> user model (or None)."""
+class FakeHubOAuth(EnclaveHubOAuth):
+    """The service's HubOAuth that knows its tokens instead of asking a hub: token -> user model (or None)."""
 
     def __init__(self, tokens: dict[str, dict[str, Any]] | None = None, **kwargs: Any):
         kwargs.setdefault("api_token", "service-token")

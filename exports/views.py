@@ -5,6 +5,9 @@
   Until then they see only how many reviews have been submitted.
 - The researcher sees checkers' votes and the comments marked "visible to the researcher" once the
   round is closed; they never see checker-only comments.
+- Who reviewed, and when, is hidden the same way: while a round is open, the history shows other
+  checkers' review moves without actor or time, ``updated_at`` stays at the last move the viewer may see,
+  and comments are numbered among those the viewer sees (their ids would count the hidden ones).
 - Admins (audit scope) see everything, read-only.
 
 The same dictionaries feed the JSON API and the HTML pages, so the two cannot disagree.
@@ -68,6 +71,40 @@ def can_see_comment(viewer: Identity, request: ExportRequest, comment: Comment) 
     if comment.author_role == "researcher":
         return True
     return round_closed(request, comment.round)
+
+
+def blinded(viewer: Identity, request: ExportRequest) -> bool:
+    """True while the current round is open and the viewer may not yet see who reviewed or when."""
+    return viewer_role(viewer, request) != "admin" and not round_closed(request, request.round)
+
+
+def history_view(request: ExportRequest, viewer: Identity) -> list[dict[str, Any]]:
+    """The status moves. In an open round, a move caused by someone else's review (the only moves an open
+    round can have after its submission) keeps its place but loses its actor, time and reason."""
+    opened = max((i for i, h in enumerate(request.history) if h.to_status is RequestStatus.SUBMITTED), default=-1)
+    hide = blinded(viewer, request)
+    shown = []
+    for i, h in enumerate(request.history):
+        secret = hide and i > opened and h.actor != viewer.name
+        shown.append(
+            {
+                "from": h.from_status.value if h.from_status else None,
+                "to": h.to_status.value,
+                "actor": None if secret else h.actor,
+                "at": None if secret else h.at,
+                "reason": "a review was submitted" if secret else h.reason,
+            }
+        )
+    return shown
+
+
+def updated_at_view(request: ExportRequest, viewer: Identity) -> str:
+    """``updated_at`` moves with every vote and review; while blinded, the last move the viewer may see."""
+    if not blinded(viewer, request):
+        return request.updated_at
+    seen = [h.at for h in request.history if h.to_status is RequestStatus.SUBMITTED or h.actor == viewer.name]
+    seen += [v.at for v in request.votes if v.reviewer == viewer.name and v.round == request.round]
+    return max(seen, default=request.created_at)
 
 
 def _allowed(check: Callable[[], None]) -> bool:
@@ -147,7 +184,7 @@ def request_view(
         "status": request.status.value,
         "round": request.round,
         "created_at": request.created_at,
-        "updated_at": request.updated_at,
+        "updated_at": updated_at_view(request, viewer),
         "reviewers_required": required,
         "reviews_submitted": len(reviews),
         "reviews": [
@@ -159,7 +196,7 @@ def request_view(
         "previous_versions": [file_view(f, request, viewer, base) for f in request.files if not f.current],
         "comments": [
             {
-                "id": c.id,
+                "id": i if blinded(viewer, request) else c.id,
                 "author": c.author,
                 "author_role": c.author_role,
                 "visibility": c.visibility.value,
@@ -168,19 +205,9 @@ def request_view(
                 "at": c.at,
                 "file": c.file_path,
             }
-            for c in request.comments
-            if can_see_comment(viewer, request, c)
+            for i, c in enumerate((c for c in request.comments if can_see_comment(viewer, request, c)), 1)
         ],
-        "history": [
-            {
-                "from": h.from_status.value if h.from_status else None,
-                "to": h.to_status.value,
-                "actor": h.actor,
-                "at": h.at,
-                "reason": h.reason,
-            }
-            for h in request.history
-        ],
+        "history": history_view(request, viewer),
         "released": [
             {
                 "file_id": r.file_id,
@@ -218,7 +245,8 @@ def summary_view(s: RequestSummary, base: str, reviewers_required: int | None = 
         "status": s.status.value,
         "round": s.round,
         "created_at": s.created_at,
-        "updated_at": s.updated_at,
+        # under review, updated_at would move with each checker's votes: the queue shows the submission
+        "updated_at": s.submitted_at or s.updated_at if s.status in UNDER_REVIEW_STATES else s.updated_at,
         "submitted_at": s.submitted_at,
         "files": s.file_count,
         "checks": dict(s.checks),

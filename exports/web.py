@@ -14,6 +14,8 @@ refusal comes back as JSON ``{"status", "error", "message"}`` from the API, or a
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import json
 import logging
@@ -26,8 +28,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import jinja2
+from jupyterhub._xsrf_utils import _needs_check_xsrf
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
+from traitlets import Unicode, default
 
 from exports import inputs, preview
 from exports.domain import (
@@ -35,6 +39,7 @@ from exports.domain import (
     BadRequest,
     ExportError,
     FileRole,
+    PermissionDenied,
     RequestStatus,
 )
 from exports.openapi import openapi_document
@@ -54,6 +59,46 @@ CSP = (
     "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+XSRF_MAX_AGE_DAYS = 1
+"""A page's form token outlives the page by this much; after that the form asks to reload."""
+
+
+class EnclaveHubOAuth(HubOAuth):
+    """HubOAuth with the enclave's cookie rules.
+
+    The session cookie is SameSite=Strict: no other site can make a browser send it, on any method. The
+    short-lived OAuth state cookie stays Lax, because the hub's redirect back to ``oauth_callback`` is a
+    top-level navigation that must carry it. Both are Secure whenever the public URL is https."""
+
+    public_url = Unicode(
+        help="The site's public URL as browsers see it; https makes every cookie Secure. From "
+        "ENCLAVE_PUBLIC_URL or JUPYTERHUB_PUBLIC_URL."
+    ).tag(config=True)
+
+    @default("public_url")
+    def _public_url_default(self) -> str:
+        return os.environ.get("ENCLAVE_PUBLIC_URL") or os.environ.get("JUPYTERHUB_PUBLIC_URL") or ""
+
+    @default("cookie_options")
+    def _cookie_options_default(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"samesite": "Lax"}
+        if self.public_url.startswith("https:"):
+            options["secure"] = True
+        return options
+
+    def set_cookie(self, handler: web.RequestHandler, access_token: str) -> None:
+        lax = self.cookie_options
+        self.cookie_options = {**lax, "samesite": "Strict"}  # tornado runs one handler at a time
+        try:
+            super().set_cookie(handler, access_token)
+        finally:
+            self.cookie_options = lax
 
 
 class ExportHTTPError(web.HTTPError):
@@ -76,8 +121,17 @@ def _to_http(exc: Exception) -> ExportHTTPError:
     raise exc
 
 
-class BaseHandler(HubOAuthenticated, web.RequestHandler):
+class SecurityHeaders(web.RequestHandler):
+    """The same security headers on every answer: pages, API, errors, the default 404 and static files."""
+
+    def set_default_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+
+
+class BaseHandler(HubOAuthenticated, SecurityHeaders):
     identity: Identity | None = None
+    _xsrf_refusal: str | None = None
 
     @property
     def hub_auth(self) -> HubOAuth:
@@ -104,17 +158,68 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return self.settings["base_url"]
 
     def set_default_headers(self) -> None:
-        self.set_header("Content-Security-Policy", CSP)
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Referrer-Policy", "no-referrer")
+        super().set_default_headers()
         self.set_header("Cache-Control", "no-store")
+
+    # -- xsrf, bound to the OAuth session ------------------------------------------------------------
+    # JupyterHub's rule compares the form's token with an ``_xsrf`` cookie, and takes the first valid
+    # cookie it finds. Any page on the same host (another port counts) can plant its own validly signed
+    # ``_xsrf`` on a narrower path, which then comes first: every POST of the victim fails until they
+    # clear cookies. Here the cookie plays no part. The token is this session's id (the hash of the OAuth
+    # token in the Strict session cookie), signed with the service's secret; a POST is accepted when its
+    # token is a valid signature of the session it arrives with. A forger needs the secret.
+
+    @property
+    def xsrf_token(self) -> bytes:
+        if not hasattr(self, "_session_xsrf"):
+            signed = self.create_signed_value("_xsrf", self._xsrf_token_id)
+            self._session_xsrf = base64.urlsafe_b64encode(signed).rstrip(b"=")
+        return self._session_xsrf
+
+    def check_xsrf_cookie(self) -> None:
+        if not _needs_check_xsrf(self):
+            return
+        token = self.get_argument("_xsrf", None) or self.request.headers.get("X-XSRFToken")
+        if not token:
+            self._xsrf_refusal = "xsrf_missing"
+            raise web.HTTPError(403, "'_xsrf' argument missing")
+        if self._xsrf_session_of(token) != self._xsrf_token_id:
+            self._xsrf_refusal = "xsrf_invalid"
+            raise web.HTTPError(403, "'_xsrf' argument is not this session's")
+
+    def _xsrf_session_of(self, token: str) -> bytes | None:
+        try:
+            raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
+        except (UnicodeEncodeError, binascii.Error, ValueError):
+            return None
+        return web.decode_signed_value(
+            self.settings["cookie_secret"], "_xsrf", raw, max_age_days=XSRF_MAX_AGE_DAYS
+        )
 
     async def prepare(self) -> None:
         model = await self.hub_auth.get_user(self, sync=False)
         token = bool(getattr(self, "_token_authenticated", False))
         self.identity = Identity.from_hub_model(model, token_authenticated=token) if model else None
         self.current_user = model
+        if model is None and self._xsrf_refusal:
+            await self._refuse_forged_post(self._xsrf_refusal)
+
+    async def _refuse_forged_post(self, reason: str) -> None:
+        """A cookie-authenticated POST without this session's token: refuse it, and put it on the trail
+        under the user whose browser sent it (the victim of a forged form, or a stale page)."""
+        cookie = self.hub_auth._get_token_cookie(self)
+        model = await self.hub_auth.user_for_token(
+            cookie, session_id=self.hub_auth.get_session_id(self), sync=False
+        ) if cookie else None
+        message = (
+            f"{self.request.method} {self.request.path}: the form's _xsrf token is missing or not this "
+            "session's (a stale page, or a form from another site); reload the page and try again"
+        )
+        if model is not None:
+            who = Identity.from_hub_model(model, token_authenticated=False)
+            refusal = PermissionDenied(message, reason)
+            await self.run(self.workflow.refuse, who, f"{self.request.method} {self.request.path}", refusal)
+        raise ExportHTTPError(403, "xsrf", message)
 
     def require(self) -> Identity:
         if self.identity is None:
@@ -307,6 +412,8 @@ def perform(
 ) -> Any:
     """One action on one request, from a JSON body or a form. Input errors are refused and audited."""
     with workflow.refusals(identity, f"export.{action}", request_id):
+        # a request the caller may not see answers as one that does not exist, whatever the action
+        workflow.get(identity, request_id)
         if action in ("files", "add_files"):
             return workflow.add_files(
                 identity, request_id, inputs.parse_groups(body), inputs.parse_provenance(body)
@@ -602,6 +709,17 @@ class DownloadHandler(PageHandler):
         self.finish(data)
 
 
+class StaticFiles(SecurityHeaders, web.StaticFileHandler):
+    """The stylesheet, with the same security headers as every page."""
+
+
+class NotFoundPage(PageHandler):
+    """Every path no route matches: an error page with the security headers, and no hub round trip."""
+
+    async def prepare(self) -> None:
+        raise ExportHTTPError(404, "not_found", f"{self.request.path}: no such page")
+
+
 class OAuthCallback(HubOAuthCallbackHandler):
     @property
     def hub_auth(self) -> HubOAuth:
@@ -649,7 +767,7 @@ def make_app(
         (base + rf"requests/{rid}/download/(\d+)", DownloadHandler),
         (base + rf"requests/{rid}/files/(\d+)", FilePage),
         (base + rf"requests/{rid}/([a-z_]+)", RequestFormAction),
-        (base + r"static/(.*)", web.StaticFileHandler, {"path": str(HERE / "static")}),
+        (base + r"static/(.*)", StaticFiles, {"path": str(HERE / "static")}),
         (base.rstrip("/") or "/", RootPage),
         (base, RootPage),
     ]
@@ -662,5 +780,6 @@ def make_app(
         templates=templates,
         executor=executor or ThreadPoolExecutor(max_workers=4, thread_name_prefix="exports"),
         cookie_secret=cookie_secret,
-        xsrf_cookies=False,  # HubOAuth checks _xsrf itself before it accepts a cookie on a POST
+        xsrf_cookies=False,  # HubOAuth checks _xsrf (BaseHandler.check_xsrf_cookie) before it accepts a cookie
+        default_handler_class=NotFoundPage,
     )

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from audit.aggregate import RefusalAggregator, clip
 from exports import canonical, workspace
 from exports import checks as checks_mod
 from exports.domain import (
@@ -36,6 +37,7 @@ from exports.domain import (
     FileRole,
     InvalidTransition,
     NotFound,
+    PermissionDenied,
     Provenance,
     ReleasedFile,
     RequestFile,
@@ -71,6 +73,10 @@ SYSTEM = "service:exports"
 """The actor of moves nobody makes by hand: the decision, and the release."""
 MAX_BYTES_PER_CALL = 256 * 1024 * 1024
 """Files are held in memory between checking and quarantining; this bounds one call."""
+REFUSAL_WINDOW_SECONDS = 60.0
+"""Repeated refusals from one caller within this window become one record with a count."""
+UNSEEN = "no export request {!r} that you may see"
+"""One answer for a request that does not exist and one the caller may not see: no existence oracle."""
 
 
 class AuditSink(Protocol):
@@ -136,6 +142,7 @@ class ExportWorkflow:
         releases: ReleaseStore,
         audit: AuditDelivery,
         provenance: ProvenanceSource | None = None,
+        refusal_window: float = REFUSAL_WINDOW_SECONDS,
     ):
         self.storage = storage
         self.projects = projects
@@ -143,6 +150,10 @@ class ExportWorkflow:
         self.releases = releases
         self.audit = audit
         self.provenance = provenance
+        # Refusals go straight to the audit log through the aggregator, not the outbox: a hostile
+        # container can be refused hundreds of times a second, and each would be a database write and a
+        # full record. The service flushes closed windows from a timer and everything at shutdown.
+        self.refused = RefusalAggregator(audit.sink, window=refusal_window)
 
     @classmethod
     def at(
@@ -152,6 +163,7 @@ class ExportWorkflow:
         projects: ProjectDirectory,
         sink: AuditSink,
         provenance: ProvenanceSource | None = None,
+        refusal_window: float = REFUSAL_WINDOW_SECONDS,
     ) -> ExportWorkflow:
         """The standard layout under ``<state>/exports``."""
         for sub in ("quarantine", "release", "locks"):
@@ -163,6 +175,7 @@ class ExportWorkflow:
             ReleaseStore(exports_dir / "release"),
             AuditDelivery(storage, sink, exports_dir / "locks" / "audit-outbox.lock"),
             provenance,
+            refusal_window,
         )
 
     # ---------------------------------------------------------------------------------------------
@@ -179,32 +192,52 @@ class ExportWorkflow:
     def refusals(
         self, identity: Identity, attempted: str, request_id: str | None = None, project: str | None = None
     ) -> Iterator[None]:
-        """Audit any refusal of ``attempted`` as export.refused, then let it propagate."""
+        """Audit any refusal of ``attempted`` as export.refused, then let it propagate.
+
+        Repeats from one caller (a server, or a user) are aggregated: one full record, then a count per
+        window. The message can carry text the requester chose (paths, comments), so it is clipped and
+        escaped before it reaches the record."""
         try:
             yield
         except ExportError as exc:
             if not getattr(exc, "audited", False):  # nested operations audit a refusal once
-                details = {
-                    "attempted": attempted,
-                    "reason": exc.reason,
-                    "message": str(exc)[:2000],
-                    "kind": exc.code,
-                    "via": identity.via,
-                }
-                self.storage.record(
-                    AuditEvent(
-                        identity.name,
-                        "export.refused",
-                        project or identity.project,
-                        request_id,
-                        "denied",
-                        details,
-                    )
-                )
+                self.refuse(identity, attempted, exc, request_id, project)
                 exc.audited = True  # type: ignore[attr-defined]
             raise
         finally:
             self.deliver_audit()
+
+    def refuse(
+        self,
+        identity: Identity,
+        attempted: str,
+        exc: ExportError,
+        request_id: str | None = None,
+        project: str | None = None,
+    ) -> None:
+        """Put one refusal on the trail through the aggregator (see ``refusals``)."""
+        source = f"{identity.name}/{identity.project}" if identity.in_container else identity.name
+        try:
+            self.refused.refuse(
+                actor=identity.name,
+                source=source,
+                action="export.refused",
+                reason=exc.reason,
+                project=project or identity.project,
+                target=request_id,
+                details={
+                    "attempted": clip(attempted, 64),
+                    "message": clip(str(exc), 500),
+                    "kind": exc.code,
+                    "via": identity.via,
+                },
+            )
+        except Exception:  # the refusal itself must still reach the caller
+            log.exception("could not audit a refused %s by %s", attempted, identity.name)
+
+    def flush_refusals(self, everything: bool = False) -> int:
+        """Write the counts of closed refusal windows (from a timer), or of all of them (at shutdown)."""
+        return self.refused.flush_all() if everything else self.refused.flush_due()
 
     def _project(self, project_id: str) -> ProjectInfo | None:
         return self.projects.get(project_id)
@@ -222,9 +255,19 @@ class ExportWorkflow:
 
     def get(self, identity: Identity, request_id: str) -> ExportRequest:
         with self.refusals(identity, "export.view", request_id):
-            request = self._get(request_id)
+            return self._visible(identity, request_id)
+
+    def _visible(self, identity: Identity, request_id: str) -> ExportRequest:
+        """The request, if this caller may see it. A request they may not see is answered exactly as one
+        that does not exist (same status, same message, no author named); the audit keeps the reason."""
+        request = self.storage.get(request_id)
+        if request is None:
+            raise NotFound(UNSEEN.format(request_id), "no_such_request")
+        try:
             check_can_view(identity, request)
-            return request
+        except PermissionDenied:
+            raise NotFound(UNSEEN.format(request_id), "not_allowed") from None
+        return request
 
     def _get(self, request_id: str) -> ExportRequest:
         request = self.storage.get(request_id)
@@ -786,7 +829,7 @@ class ExportWorkflow:
 
     def download(self, identity: Identity, request_id: str, file_id: int) -> tuple[ReleasedFile, bytes]:
         with self.refusals(identity, "export.download", request_id):
-            request = self._get(request_id)
+            request = self._visible(identity, request_id)
             check_can_download(identity, request, self._project(request.project))
             released = next((f for f in request.released if f.file_id == file_id), None)
             if released is None:

@@ -141,6 +141,7 @@ c.JupyterHub.services = [
             "ENCLAVE_STATE_DIR": str(paths.state_dir),
             "ENCLAVE_POLICY_DIR": str(paths.policy_dir),
             "ENCLAVE_EXPORTS_BIND": f"0.0.0.0:{site.exports_port}",
+            "ENCLAVE_PUBLIC_URL": site.public_url,  # https makes the service's cookies Secure
             **{k: v for k, v in os.environ.items() if k.startswith(("ENCLAVE_AUDIT_", "ENCLAVE_EXPORTS_"))},
         },
         "oauth_client_allowed_scopes": ["custom:exports:request", "custom:exports:review", "custom:exports:audit"],
@@ -173,4 +174,10 @@ c.JupyterHub.services = [
 # Logins, logouts and spawns are audited by the authenticator and the spawner; culls here.
 from hub.audit_hooks import audited_log_function
 
-c.JupyterHub.tornado_settings = {"log_function": audited_log_function(str(paths.state_dir))}
+# ---- browser-facing headers and cookies (hub/headers.py) --------------------------------------------
+from hub.headers import browser_settings
+
+c.JupyterHub.tornado_settings = {
+    "log_function": audited_log_function(str(paths.state_dir)),
+    **browser_settings(site.public_url),
+}

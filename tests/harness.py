@@ -85,6 +85,8 @@ class Hub:
     directory: Directory
     name: str = field(default_factory=lambda: "et" + secrets.token_hex(3))
     env_extra: dict = field(default_factory=dict)
+    hub_args: list = field(default_factory=list)
+    """Extra command-line configuration, e.g. ``--EnclaveAuthenticator.login_lockout_seconds=5``."""
 
     def __post_init__(self):
         self.state = self.root / f"state-{self.name}"
@@ -137,7 +139,7 @@ class Hub:
             self.start_proxy()
         log = open(self.state / "logs" / "hub.log", "ab")  # noqa: SIM115 -- the hub process keeps it
         self.procs["hub"] = subprocess.Popen(
-            [str(Path(PYTHON).parent / "jupyterhub"), "-f", str(REPO / "hub/jupyterhub_config.py")],
+            [str(Path(PYTHON).parent / "jupyterhub"), "-f", str(REPO / "hub/jupyterhub_config.py"), *self.hub_args],
             cwd=self.state / "hub", env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         wait_for(self._healthy, timeout, f"hub {self.name} to answer /hub/health (log: {self.state}/logs/hub.log)")

@@ -161,8 +161,8 @@ def test_review_over_the_api_then_the_requester_downloads_from_the_browser(svc, 
     assert "attachment" in response.headers["Content-Disposition"]
     assert response.headers["X-Export-SHA256"] == r.json()["released"][0]["sha256"]
     assert (
-        svc.browser(researcher("erin", in_container=False)).get(svc.url + url, timeout=30).status_code == 403
-    )
+        svc.browser(researcher("erin", in_container=False)).get(svc.url + url, timeout=30).status_code == 404
+    ), "not hers to see: answered as if it did not exist"
     assert svc.browser(CAROL).get(svc.url + url, timeout=30).status_code == 403
 
     # revoke closes the download
@@ -269,7 +269,7 @@ def test_images_are_shown_inline_and_other_types_are_never_served_raw(svc, env):
         svc.browser(researcher("erin", in_container=False))
         .get(svc.url + f"api/requests/{rid}/files/{files['png']}/content", timeout=30)
         .status_code
-        == 403
+        == 404
     )
 
 

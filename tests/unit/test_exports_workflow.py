@@ -10,6 +10,7 @@ from exports.domain import (
     FileDecision,
     FileRefused,
     InvalidTransition,
+    NotFound,
     PermissionDenied,
     RequestStatus,
     Visibility,
@@ -187,6 +188,7 @@ def test_three_required_reviewers(tmp_path):
 
 def refused(env, rid, exc_type, match, fn, *args):
     before = env.storage.get(rid) if rid else None
+    env.workflow.flush_refusals(everything=True)  # close earlier windows: this refusal is recorded in full
     count = len(env.audit.refusals())
     with pytest.raises(exc_type, match=match):
         fn(*args)
@@ -291,7 +293,10 @@ def test_a_download_before_release_is_refused(env):
 def test_a_download_by_anyone_else_is_refused(env):
     rid = create_request_at_status(env, S.RELEASED)
     f = env.storage.get(rid).output_files[0]
-    for who in (researcher("erin", in_container=False), CAROL, ADAM):
+    erin = researcher("erin", in_container=False)
+    record = refused(env, rid, NotFound, "that you may see", env.workflow.download, erin, rid, f.id)
+    assert record["details"]["reason"] == "not_allowed", "the trail keeps why, the answer does not say"
+    for who in (CAROL, ADAM):
         record = refused(
             env,
             rid,
@@ -479,6 +484,7 @@ def test_every_event_the_workflow_writes_is_accepted_by_the_real_audit_log(tmp_p
     env = make_env(tmp_path)
     real = audit.AuditLog.open(tmp_path / "audit-state")
     env.workflow.audit.sink = real
+    env.workflow.refused.log = real
     rid = create_request_at_status(env, S.RELEASED)
     env.workflow.view(CAROL, rid)
     f = env.storage.get(rid).output_files[0]
