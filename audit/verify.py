@@ -412,8 +412,8 @@ def _diagnose(walk: _Walk, rest: list[_Entry], paths: list[Path], k: int) -> _Pr
     if link is None or not link.mac_ok:
         after = rest[1].link if len(rest) > 1 else None
         if after is not None and after.mac_ok and after.seq == seq and after.prev == prev:
-            return problem(Reason.INSERTED, "this line was not written by the audit log (its MAC fails) and the "
-                           f"chain continues after it with seq {seq}: it was inserted")  # fmt: skip
+            return problem(Reason.INSERTED, "this line is not a valid record (inserted without the MAC key, or "
+                           f"damaged and skipped by the writer) and the chain continues after it with seq {seq}")  # fmt: skip
         if link is None:
             return problem(Reason.MODIFIED, f"this line is not a well-formed record (seq {seq} belongs here)")
         return problem(
