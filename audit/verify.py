@@ -91,7 +91,9 @@ class VerifyReport:
         where = self.first_bad_segment or self.bad_checkpoint or "audit log"
         line = f": line {self.first_bad_line}" if self.first_bad_line else ""
         seq = f": record seq {self.first_bad_seq}" if self.first_bad_seq is not None else ""
-        proof = f" (checkpoint {self.bad_checkpoint})" if self.first_bad_segment and self.bad_checkpoint else ""
+        proof = (
+            f" (checkpoint {self.bad_checkpoint})" if self.first_bad_segment and self.bad_checkpoint else ""
+        )
         return f"{where}{line}{seq}: {self.reason}: {self.detail}{proof}"
 
 

@@ -25,8 +25,17 @@ from audit.cli import main as audit_main
 # -- the outside verifier (README only) --------------------------------------------------------------------
 
 SEGMENT = re.compile(r"^audit-(\d{8})\.jsonl$")
-CP_FIELDS = {"key_id": str, "mac": str, "reason": str, "segment": str, "segment_bytes": int, "seq": int,
-             "sig": str, "ts": str, "v": int}  # fmt: skip
+CP_FIELDS = {
+    "key_id": str,
+    "mac": str,
+    "reason": str,
+    "segment": str,
+    "segment_bytes": int,
+    "seq": int,
+    "sig": str,
+    "ts": str,
+    "v": int,
+}
 HEX64 = re.compile(rb"[0-9a-f]{64}")
 
 
@@ -89,7 +98,11 @@ def read_records(state: Path, key: bytes | None) -> dict[int, tuple[str, str, in
 
 def check_checkpoint(line: bytes, public: Ed25519PublicKey) -> tuple[int, str, str, int, str]:
     obj = json.loads(line)
-    if set(obj) != set(CP_FIELDS) or any(type(obj[k]) is not t for k, t in CP_FIELDS.items()) or obj["v"] != 1:
+    if (
+        set(obj) != set(CP_FIELDS)
+        or any(type(obj[k]) is not t for k, t in CP_FIELDS.items())
+        or obj["v"] != 1
+    ):
         raise Caught("checkpoint fields")
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     if obj["key_id"] != hashlib.sha256(raw).hexdigest():
@@ -102,8 +115,12 @@ def check_checkpoint(line: bytes, public: Ed25519PublicKey) -> tuple[int, str, s
     return obj["seq"], obj["mac"], obj["segment"], obj["segment_bytes"], obj["ts"]
 
 
-def outside_verify(state: Path, witnesses: list[Path] = (), use_mac_key: bool = True,
-                   public_key: Ed25519PublicKey | None = None) -> None:  # fmt: skip
+def outside_verify(
+    state: Path,
+    witnesses: list[Path] = (),
+    use_mac_key: bool = True,
+    public_key: Ed25519PublicKey | None = None,
+) -> None:
     """Raises Caught at the first problem, as the README defines them."""
     key = bytes.fromhex((state / "secrets" / "audit-mac.key").read_text().strip()) if use_mac_key else None
     public = public_key or trusted_key(state)
@@ -267,7 +284,7 @@ def flip_mac_digit(t: Trail) -> None:
 
 def separator_of_last_record(t: Trail) -> None:
     k = len(t.segments()) - 1
-    t.edit(k, len(t.lines(k)) - 1, lambda line: line.replace(b'",' + b'"outcome"', b"',\"outcome\"", 1))
+    t.edit(k, len(t.lines(k)) - 1, lambda line: line.replace(b'",' + b'"outcome"', b'\',"outcome"', 1))
 
 
 def separator_of_middle_record(t: Trail) -> None:
@@ -365,7 +382,9 @@ def cut_records_and_checkpoints_consistently(t: Trail) -> None:
     seq = json.loads(keep[-1])["seq"]
     (t.audit / "checkpoints.jsonl").write_bytes(b"".join(keep))
     for path in t.segments():
-        kept = [line for line in path.read_bytes().splitlines(keepends=True) if json.loads(line)["seq"] <= seq]
+        kept = [
+            line for line in path.read_bytes().splitlines(keepends=True) if json.loads(line)["seq"] <= seq
+        ]
         if kept:
             path.write_bytes(b"".join(kept))
         else:
@@ -456,13 +475,19 @@ def test_the_untouched_trail_verifies_in_both(trail: Trail) -> None:
     assert len(trail.segments()) >= 3
 
 
-@pytest.mark.parametrize(("tamper", "caught", "caught_with_witness"), CASES, ids=[c[0].__name__ for c in CASES])
-def test_both_verifiers_agree_on_every_tampering(trail: Trail, tamper, caught, caught_with_witness, capsys) -> None:
+@pytest.mark.parametrize(
+    ("tamper", "caught", "caught_with_witness"), CASES, ids=[c[0].__name__ for c in CASES]
+)
+def test_both_verifiers_agree_on_every_tampering(
+    trail: Trail, tamper, caught, caught_with_witness, capsys
+) -> None:
     tamper(trail)
     assert outside_ok(trail.state) == ours(trail) == (not caught)
     witness = [str(trail.witness)]
-    assert outside_ok(trail.state, witnesses=[trail.witness]) == ours(trail, "--witness", *witness) == (
-        not caught_with_witness
+    assert (
+        outside_ok(trail.state, witnesses=[trail.witness])
+        == ours(trail, "--witness", *witness)
+        == (not caught_with_witness)
     )
     if caught_with_witness:
         assert "FAILED verification" in capsys.readouterr().err

@@ -24,13 +24,18 @@ def state(tmp_path: Path) -> Path:
 
 def stop(log: AuditLog, user: str = "alice"):
     return log.append_or_spool(
-        actor=user, action="server.stop", project="demo-cardio", target="demo-cardio",
+        actor=user,
+        action="server.stop",
+        project="demo-cardio",
+        target="demo-cardio",
         details={"image_digest": IMAGE},
-    )  # fmt: skip
+    )
 
 
 def records(state: Path) -> list[dict]:
-    return [json.loads(line) for p in sorted((state / "audit").glob("audit-*.jsonl")) for line in p.open("rb")]
+    return [
+        json.loads(line) for p in sorted((state / "audit").glob("audit-*.jsonl")) for line in p.open("rb")
+    ]
 
 
 class FullDisk:
@@ -49,7 +54,9 @@ class FullDisk:
         self.monkeypatch.undo()
 
 
-def test_the_spool_is_preallocated_when_the_trail_is_created_and_when_an_old_one_is_opened(state: Path) -> None:
+def test_the_spool_is_preallocated_when_the_trail_is_created_and_when_an_old_one_is_opened(
+    state: Path,
+) -> None:
     with AuditLog.open(state, spool_bytes=64 * 1024) as log:
         log.append(actor="alice", action="auth.login")
     spool = state / "audit" / "spool.bin"
@@ -69,8 +76,13 @@ def test_a_stop_on_a_full_disk_is_spooled_and_lands_in_order_when_space_returns(
         with pytest.raises(AuditWriteError, match="no space left on device"):
             log.append(actor="bob", action="auth.login")  # granting access is refused, not spooled
         first = stop(log, "alice")
-        second = log.append_or_spool(actor="service:culler", action="server.cull", project="demo-cardio",
-                                     target="demo-cardio", details={"image_digest": IMAGE})  # fmt: skip
+        second = log.append_or_spool(
+            actor="service:culler",
+            action="server.cull",
+            project="demo-cardio",
+            target="demo-cardio",
+            details={"image_digest": IMAGE},
+        )
         assert isinstance(first, Spooled) and first.spooled and (first.n, second.n) == (1, 2)
         assert audit.health(state).spool_pending == 2
         disk.end()
@@ -86,8 +98,12 @@ def test_a_stop_on_a_full_disk_is_spooled_and_lands_in_order_when_space_returns(
     assert after["seq"] == 5
     assert trail[1]["details"]["spooled_at"] == first.ts and trail[1]["details"]["spool_id"] == first.spool_id
     assert trail[3]["details"] | {"since": None} == {
-        "count": 2, "first_seq": 2, "last_seq": 3, "since": None, "last_spool_id": second.spool_id,
-    }  # fmt: skip
+        "count": 2,
+        "first_seq": 2,
+        "last_seq": 3,
+        "since": None,
+        "last_spool_id": second.spool_id,
+    }
     assert audit.health(state).spool_pending == 0
     with AuditLog.open(state) as log:
         assert log.verify().ok
@@ -132,15 +148,20 @@ def test_a_drain_cut_short_does_not_write_a_record_twice(state: Path, monkeypatc
     trail = (state / "audit" / "audit-00000001.jsonl").read_bytes().splitlines(keepends=True)
     (state / "audit" / "audit-00000001.jsonl").write_bytes(b"".join(trail[:2]))
     (state / "audit" / "checkpoints.jsonl").write_bytes(
-        b"".join(l for l in (state / "audit" / "checkpoints.jsonl").read_bytes().splitlines(keepends=True)
-                 if json.loads(l)["seq"] <= 2)  # fmt: skip
+        b"".join(
+            l
+            for l in (state / "audit" / "checkpoints.jsonl").read_bytes().splitlines(keepends=True)
+            if json.loads(l)["seq"] <= 2
+        )
     )
     spool.write_bytes(saved)
     with AuditLog.open(state) as log:
         assert [(r["actor"], r["action"]) for r in records(state)] == [
-            ("alice", "auth.login"), ("alice", "server.stop"), ("bob", "server.stop"),
+            ("alice", "auth.login"),
+            ("alice", "server.stop"),
+            ("bob", "server.stop"),
             ("service:audit", "audit.spooled"),
-        ]  # fmt: skip
+        ]
         assert log.verify().ok
 
 
@@ -160,7 +181,11 @@ def test_a_line_forged_into_the_spool_never_reaches_the_trail(state: Path, monke
     trail = records(state)
     assert [r["actor"] for r in trail] == ["alice", "alice", "service:audit", "carol"]
     note = trail[2]
-    assert (note["outcome"], note["details"]["reason"], note["details"]["count"]) == ("error", "spool_damaged", 1)
+    assert (note["outcome"], note["details"]["reason"], note["details"]["count"]) == (
+        "error",
+        "spool_damaged",
+        1,
+    )
     assert note["details"]["rejected_bytes"] == len(forged)
 
 

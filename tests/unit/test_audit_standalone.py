@@ -62,15 +62,24 @@ def test_a_copy_of_audit_alone_verifies_a_real_trail(tmp_path: Path) -> None:
             log.append(actor="alice", action="auth.login", details={"i": i})
     copy = tmp_path / "auditor"
     shutil.copytree(AUDIT, copy / "audit", ignore=shutil.ignore_patterns("__pycache__"))
-    deps, env = isolated_python(tmp_path)
+    _, env = isolated_python(tmp_path)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-S", *args], cwd=copy, env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-S", *args],
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
 
-    probe = run("-c", "import audit, sys; import importlib.util as u; print(audit.__file__); "
-                "print(u.find_spec('hub'), u.find_spec('jupyterhub'), u.find_spec('yaml'))")  # fmt: skip
+    probe = run(
+        "-c",
+        "import audit, sys; import importlib.util as u; print(audit.__file__); "
+        "print(u.find_spec('hub'), u.find_spec('jupyterhub'), u.find_spec('yaml'))",
+    )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.splitlines() == [str(copy / "audit" / "__init__.py"), "None None None"]
 
