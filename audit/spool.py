@@ -117,11 +117,12 @@ class Spool:
         """Write one entry durably. Raises OSError if the spool is missing or full."""
         contents = self.read()
         n = len(contents.entries) + 1
-        body = {
+        ts = utc_timestamp()
+        body: dict[str, Any] = {
             "entry": dict(fields),
             "n": n,
             "prev": contents.entries[-1].mac if contents.entries else None,
-            "ts": utc_timestamp(),
+            "ts": ts,
         }
         mac = mac_of(self._key, canonical(body))
         line = canonical(dict(body, mac=mac)) + b"\n"
@@ -133,7 +134,7 @@ class Spool:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        return Spooled(spool_id=mac, n=n, ts=body["ts"], action=str(fields["action"]))
+        return Spooled(spool_id=mac, n=n, ts=ts, action=str(fields["action"]))
 
     def clear(self, used: int) -> None:
         """Zero the used part in place (no new blocks needed). A crash midway leaves either zeros first,
