@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from audit.chain import CHECKPOINTS_FILE, MAC_MEMBER_LEN, Link, segment_index, segment_paths, unseal
 from audit.checkpoint import NOT_JSON, BadCheckpoint, Checkpoint, parse_checkpoint, read_checkpoint_lines
 from audit.keys import key_id
+from audit.spool import SPOOL_FILE, spool_usage
 
 try:  # the C function behind hmac.digest, without its Python wrapper: a fifth of the hot loop's time
     from _hashlib import hmac_digest as _hmac_digest
@@ -162,7 +163,12 @@ def verify_log(
         key_id=key_id(public_key),
         macs_checked=mac_key is not None,
         torn_tail=str(walk.torn_tail) if walk.torn_tail else None,
-        warnings=tuple(own.warnings + witnessed.warnings + _unwitnessed(own, witnessed, checkpoint_copies)),
+        warnings=tuple(
+            own.warnings
+            + witnessed.warnings
+            + _unwitnessed(own, witnessed, checkpoint_copies)
+            + _spool_warning(audit_dir)
+        ),
         witnessed=len(witnessed.good),
     )
     if problem is None:
@@ -280,6 +286,18 @@ def _primary_problem(own: _Loaded, witnessed: _Loaded, last_seq: int, primary: P
             checkpoint=cp.source,
         )
     return None
+
+
+def _spool_warning(audit_dir: Path) -> list[str]:
+    """Records waiting in the spool are not in the trail yet (and not covered by any checkpoint)."""
+    _, _, used, pending = spool_usage(audit_dir)
+    if not used:
+        return []
+    message = (
+        f"{audit_dir / SPOOL_FILE}: {pending} record(s) spooled on a full disk wait to be appended to the "
+        "trail; they are not covered by checkpoints until then"
+    )
+    return [message]
 
 
 def _unwitnessed(own: _Loaded, witnessed: _Loaded, copies: Sequence[Path]) -> list[str]:

@@ -85,6 +85,7 @@ def test_a_stop_on_a_full_disk_is_spooled_and_lands_in_order_when_space_returns(
         )
         assert isinstance(first, Spooled) and first.spooled and (first.n, second.n) == (1, 2)
         assert audit.health(state).spool_pending == 2
+        assert "2 record(s) spooled on a full disk wait" in log.verify().warnings[-1]
         disk.end()
         after = log.append(actor="carol", action="auth.login")
     trail = records(state)
@@ -228,3 +229,20 @@ def test_health_reports_free_space_and_spool_use(state: Path, monkeypatch) -> No
         assert problems and "1 record(s) spooled" in problems[0]
     (state / "audit" / "spool.bin").unlink()
     assert "missing; a full disk would lose records" in audit.health(state).problems(0)[0]
+
+
+def test_syslog_is_a_witness_only_where_a_syslog_socket_exists(tmp_path: Path, monkeypatch) -> None:
+    import socket
+
+    import audit.log
+
+    monkeypatch.delenv("ENCLAVE_AUDIT_SYSLOG", raising=False)
+    monkeypatch.setattr(audit.log, "SYSLOG_SOCKET", str(tmp_path / "log"))
+    assert audit.log.syslog_from_env() is False  # no /dev/log, as on these machines and in CI
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "log"))
+        assert audit.log.syslog_from_env() is True
+        monkeypatch.setenv("ENCLAVE_AUDIT_SYSLOG", "0")
+        assert audit.log.syslog_from_env() is False
+    monkeypatch.setenv("ENCLAVE_AUDIT_SYSLOG", "1")
+    assert audit.log.syslog_from_env() is True
