@@ -80,6 +80,8 @@ class Spool:
             size = self.path.stat().st_size
         except FileNotFoundError:
             size = -1
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # a preallocation cut short by a crash (we hold the writers' lock)
         if size >= self.capacity:
             return
         if size > 0 and self.read().entries:

@@ -246,3 +246,15 @@ def test_syslog_is_a_witness_only_where_a_syslog_socket_exists(tmp_path: Path, m
         assert audit.log.syslog_from_env() is False
     monkeypatch.setenv("ENCLAVE_AUDIT_SYSLOG", "1")
     assert audit.log.syslog_from_env() is True
+
+
+def test_deleting_the_spool_while_records_wait_is_not_detectable(state: Path, monkeypatch) -> None:
+    """A limit the README states: spooled records are not checkpointed, so their deletion goes unnoticed."""
+    with AuditLog.open(state) as log:
+        log.append(actor="alice", action="auth.login")
+        disk = FullDisk(monkeypatch)
+        stop(log)
+        disk.end()
+    (state / "audit" / "spool.bin").unlink()
+    with AuditLog.open(state) as log:
+        assert log.verify().ok and [r["action"] for r in records(state)] == ["auth.login"]
