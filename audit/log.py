@@ -452,15 +452,15 @@ class AuditLog:
 
     def _append_locked(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Spooled records first (they happened before), then a note of a skipped damaged tail, then the
-        caller's entries."""
-        if self._spool.has_entries():
-            self._drain_spool()
+        caller's entries. Reading the tail first is what finds a damaged one."""
+        self._current_tail()
         if self._skipped is not None:
             note = _prepare(actor=SERVICE_ACTOR, action="audit.tail_skipped", outcome="error",
                             details=self._skipped)  # fmt: skip
-            records = self._write_locked([note] + prepared)[1:]
+            self._write_locked([note])
             self._skipped = None
-            return records
+        if self._spool.has_entries():
+            self._drain_spool()
         return self._write_locked(prepared)
 
     def _write_locked(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -539,3 +539,26 @@ def test_a_damaged_last_record_fails_verification_and_logging_goes_on(trail: Tra
     assert not outside_ok(trail.state) and not ours(trail, "--json")
     report = json.loads(capsys.readouterr().out)
     assert (report["reason"], report["first_bad_seq"]) == ("inserted", 31)
+
+
+def test_a_last_record_damaged_while_a_writer_runs_is_noted_before_its_next_record(trail: Trail) -> None:
+    with AuditLog.open(trail.state) as log:
+        log.append(actor="alice", action="auth.login")  # seq 32
+        k = len(trail.segments()) - 1
+        trail.edit(k, len(trail.lines(k)) - 1, lambda line: line[:60] + b"\n")  # cut short, not torn
+        record = log.append(actor="bob", action="auth.login")
+    last = [json.loads(line) for line in trail.lines(len(trail.segments()) - 1)[-2:]]
+    assert [(r["action"], r["seq"]) for r in last] == [("audit.tail_skipped", 32), ("auth.login", 33)]
+    assert record["seq"] == 33 and last[0]["details"]["continued_from"] == 31
+    assert not outside_ok(trail.state) and not ours(trail)
+
+
+def test_a_same_length_edit_of_the_last_record_does_not_stop_a_running_writer(trail: Trail, capsys) -> None:
+    with AuditLog.open(trail.state) as log:
+        log.append(actor="alice", action="auth.login")  # seq 32
+        k = len(trail.segments()) - 1
+        trail.edit(k, len(trail.lines(k)) - 1, lambda line: line.replace(b'","outcome"', b'"!"outcome"', 1))
+        assert log.append(actor="bob", action="auth.login")["seq"] == 33  # chained to the real seq 32
+    assert not outside_ok(trail.state) and not ours(trail, "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert (report["reason"], report["first_bad_seq"]) == ("modified", 32)
