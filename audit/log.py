@@ -12,7 +12,9 @@ Several processes append at once (hub, export service, CLI). Each append, in ord
 7. releases the lock and returns the record. Returning is the acknowledgement: the record is on disk.
 
 A failed write or fsync (full disk, I/O error) cuts the file back to where it was and raises
-AuditWriteError, so no half record is ever acknowledged and the chain stays valid.
+AuditWriteError, so no half record is ever acknowledged and the chain stays valid. ``append_or_spool`` is
+for actions that take access away: when the trail cannot be written, their entry goes to the preallocated
+spool (audit/spool.py), and the next append that can write drains it into the trail first, in order.
 """
 
 from __future__ import annotations
