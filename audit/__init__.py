@@ -15,7 +15,8 @@ from audit.errors import (
     AuditWriteError,
     UnknownActionError,
 )
-from audit.log import AuditLog
+from audit.log import AuditHealth, AuditLog, health
+from audit.spool import Spooled
 from audit.verify import Reason, VerifyReport
 from audit.vocabulary import ACTIONS, VOCABULARY_VERSION
 
@@ -23,6 +24,7 @@ __all__ = [
     "ACTIONS",
     "VOCABULARY_VERSION",
     "AuditError",
+    "AuditHealth",
     "AuditIntegrityError",
     "AuditKeyError",
     "AuditLog",
@@ -30,6 +32,8 @@ __all__ = [
     "AuditRecordError",
     "AuditWriteError",
     "Reason",
+    "Spooled",
     "UnknownActionError",
     "VerifyReport",
+    "health",
 ]

@@ -81,7 +81,9 @@ def parse_checkpoint(line: bytes, source: str, public_key: Ed25519PublicKey) -> 
         return BadCheckpoint(source, f"v: unknown checkpoint version {obj['v']}")
     if obj["key_id"] != key_id(public_key):
         return BadCheckpoint(
-            source, f"key_id: signed by key {obj['key_id'][:16]}..., not by the checkpoint key"
+            source,
+            f"key_id: signed by key {obj['key_id'][:16]}..., not by the checkpoint key {key_id(public_key)[:16]}...: "
+            "the log and its keys were replaced, or this checkpoint belongs to another enclave",
         )
     sig = obj.pop("sig")
     try:

@@ -1,7 +1,11 @@
-"""``enclave audit verify | show | checkpoint``.
+"""``enclave audit verify | show | checkpoint``, and the same as ``python -m audit verify | show | checkpoint``.
+
+The audit package stands alone (standard library and ``cryptography`` only), so that an auditor can copy
+``audit/`` next to a copy of the trail and verify it without the rest of the enclave. ``hub/cli.py`` adds
+these commands to ``enclave`` through ``register()``; ``main()`` is the standalone entry point.
 
 Exit status of ``verify``: 0 the log verified; 3 it did not (tamper evidence: the first bad record is
-named on stderr); 1 it could not be verified (missing or exposed key, no log), as for every CLIError.
+named on stderr); 1 it could not be verified (missing or exposed key, no log).
 """
 
 from __future__ import annotations
@@ -9,37 +13,88 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from audit import keys
 from audit.errors import AuditError
-from audit.log import MIRROR_ENV, AuditLog
+from audit.log import AuditLog, witness_from_env
 from audit.query import RecordFilter, read_records
 from audit.verify import Reason, VerifyReport, verify_log
-from hub.cli import CLIError
-
-if TYPE_CHECKING:
-    from hub.paths import EnclavePaths
 
 EXIT_VERIFY_FAILED = 3
+DEFAULT_STATE_DIR = "/var/lib/enclave"
 
-_Handler = Callable[[argparse.Namespace, "EnclavePaths"], int | None]
+
+class StatePaths(Protocol):
+    """What the commands need to know of the installation (``hub.paths.EnclavePaths`` is one)."""
+
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def audit_dir(self) -> Path: ...
+    @property
+    def secrets_dir(self) -> Path: ...
+
+
+@dataclass(frozen=True)
+class AuditPaths:
+    """The layout ``python -m audit`` assumes: ``<state>/audit`` and ``<state>/secrets``."""
+
+    state_dir: Path
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.state_dir / "audit"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+
+class CommandError(AuditError):
+    """A refusal the operator can act on; printed as ``enclave: <message>``, exit status 1."""
+
+
+_Handler = Callable[[argparse.Namespace, StatePaths], int | None]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``audit verify | show | checkpoint`` to the ``enclave`` command (hub/cli.py)."""
     audit = subparsers.add_parser(
         "audit",
         help="verify and read the tamper-evident audit trail",
         description="Verify and read the audit trail in <state>/audit. See audit/README.md for its format.",
     )
-    sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    add_commands(audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m audit``: the same commands, with nothing of the enclave but this package."""
+    parser = argparse.ArgumentParser(
+        prog="python -m audit",
+        description="Verify and read an enclave audit trail. See audit/README.md for its format.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        help=f"the directory holding audit/ and secrets/ (default: $ENCLAVE_STATE_DIR or {DEFAULT_STATE_DIR})",
+    )
+    add_commands(parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True))
+    args = parser.parse_args(argv)
+    state = args.state_dir or os.environ.get("ENCLAVE_STATE_DIR") or DEFAULT_STATE_DIR
+    return args.handler(args, AuditPaths(Path(state).resolve())) or 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     verify = sub.add_parser(
         "verify",
@@ -49,13 +104,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog="exit status: 0 verified; 3 verification failed; 1 could not verify (e.g. missing key)",
     )
     verify.add_argument(
+        "--witness",
         "--checkpoints",
+        dest="witnesses",
         action="append",
         default=[],
         metavar="FILE",
-        help="another copy of the checkpoints to check against: the mirror kept on other storage, or lines "
-        "extracted from syslog (journalctl -t enclave-audit -o cat). Only copies the attacker could not "
-        "rewrite make a rollback of the audit directory detectable. Repeatable.",
+        help="a witness: a copy of the checkpoints kept outside the state directory, to compare the log and "
+        "checkpoints.jsonl against. The witness file ($ENCLAVE_AUDIT_WITNESS, checked by default when set), "
+        "or lines extracted from syslog or the journal (journalctl -t enclave-audit -o cat; grep "
+        "enclave-audit /var/log/auth.log). Only a witness the attacker could not rewrite makes a rollback "
+        "or rewrite of the whole audit directory detectable. Repeatable.",
     )
     verify.add_argument(
         "--public-key",
@@ -94,6 +153,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Write a signed checkpoint of the log as it is now. Writers checkpoint every N records "
         "or T seconds while they append; run this from cron so that a quiet log is covered too.",
     )
+    checkpoint.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="keep running and write a checkpoint every SECONDS (what the demo runs; under systemd, "
+        "enclave-audit-checkpoint.timer runs the one-shot form instead)",
+    )
     checkpoint.set_defaults(handler=_checkpoint)
 
 
@@ -101,31 +167,32 @@ def _operator_errors(handler: _Handler) -> _Handler:
     """Audit errors are operator errors here: the message already names the file and what is wrong."""
 
     @wraps(handler)
-    def wrapper(args: argparse.Namespace, paths: EnclavePaths) -> int | None:
+    def wrapper(args: argparse.Namespace, paths: StatePaths) -> int | None:
         try:
             return handler(args, paths)
         except AuditError as exc:
-            raise CLIError(str(exc)) from None
+            print(f"enclave: {exc}", file=sys.stderr)
+            return 1
 
     return wrapper
 
 
 @_operator_errors
-def _verify(args: argparse.Namespace, paths: EnclavePaths) -> int:
+def _verify(args: argparse.Namespace, paths: StatePaths) -> int:
     audit_dir = paths.audit_dir
     if not audit_dir.is_dir():
-        raise CLIError(f"{audit_dir}: no audit log here (nothing was ever recorded, or it was deleted)")
-    for extra in args.checkpoints:
+        raise CommandError(f"{audit_dir}: no audit log here (nothing was ever recorded, or it was deleted)")
+    for extra in args.witnesses:
         if not Path(extra).is_file():
-            raise CLIError(f"--checkpoints {extra}: no such file")
+            raise CommandError(f"--witness {extra}: no such file")
     mac_key = None if args.no_mac_key else keys.load_mac_key(paths.secrets_dir, create=False)
     public_key, key_problem = _trusted_public_key(args, paths)
-    mirror = os.environ.get(MIRROR_ENV)
+    witness = witness_from_env()
     report = verify_log(
         audit_dir,
         mac_key=mac_key,
         public_key=public_key,
-        checkpoint_copies=([Path(mirror)] if mirror else []) + [Path(p) for p in args.checkpoints],
+        checkpoint_copies=([Path(witness)] if witness else []) + [Path(p) for p in args.witnesses],
     )
     if key_problem and report.ok:
         report = dataclasses.replace(
@@ -144,7 +211,7 @@ def _verify(args: argparse.Namespace, paths: EnclavePaths) -> int:
     return 0 if report.ok else EXIT_VERIFY_FAILED
 
 
-def _trusted_public_key(args: argparse.Namespace, paths: EnclavePaths) -> tuple[Ed25519PublicKey, str]:
+def _trusted_public_key(args: argparse.Namespace, paths: StatePaths) -> tuple[Ed25519PublicKey, str]:
     """The key to check checkpoints with, and a problem to report if the copy beside the log differs."""
     beside = paths.audit_dir / keys.PUBLIC_KEY_FILE
     if args.public_key:
@@ -163,6 +230,15 @@ def _trusted_public_key(args: argparse.Namespace, paths: EnclavePaths) -> tuple[
 def _print_ok(report: VerifyReport) -> None:
     print(report.summary())
     print(f"checkpoint key sha256 {report.key_id}")
+    if report.witnessed:
+        print(
+            f"witness: {report.witnessed} checkpoint(s) found there agree with the log and checkpoints.jsonl"
+        )
+    else:
+        print(
+            "note: no witness checked; a rollback or consistent rewrite of the whole audit directory is not "
+            "detectable without one (--witness, $ENCLAVE_AUDIT_WITNESS)"
+        )
     if report.uncovered:
         print(
             f"note: {report.uncovered} record(s) after the last checkpoint are not yet covered by a signed "
@@ -178,9 +254,9 @@ def _print_ok(report: VerifyReport) -> None:
 
 
 @_operator_errors
-def _show(args: argparse.Namespace, paths: EnclavePaths) -> int:
+def _show(args: argparse.Namespace, paths: StatePaths) -> int:
     if not paths.audit_dir.is_dir():
-        raise CLIError(f"{paths.audit_dir}: no audit log here")
+        raise CommandError(f"{paths.audit_dir}: no audit log here")
     flt = RecordFilter.build(args.since, args.until, args.actor, args.project, args.action, args.outcome)
     try:
         for record in read_records(paths.audit_dir, flt):
@@ -210,7 +286,9 @@ def _as_text(record: dict[str, Any]) -> str:
 
 
 @_operator_errors
-def _checkpoint(args: argparse.Namespace, paths: EnclavePaths) -> int:
+def _checkpoint(args: argparse.Namespace, paths: StatePaths) -> int:
+    if args.every is not None:
+        return _checkpoint_forever(paths.state_dir, args.every)
     with AuditLog.open(paths.state_dir) as log:
         written = log.checkpoint()
     if written is None:
@@ -218,3 +296,20 @@ def _checkpoint(args: argparse.Namespace, paths: EnclavePaths) -> int:
     else:
         print(f"checkpoint written: seq {written['seq']} at {written['ts']}")
     return 0
+
+
+def _checkpoint_forever(state_dir: Path, every: float) -> int:
+    """The demo's stand-in for the systemd timer. A failed checkpoint (full disk, a key problem) is
+    reported and retried next time: the loop must outlive a bad minute."""
+    if every <= 0:
+        raise CommandError(f"--every {every}: must be a positive number of seconds")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    while True:
+        try:
+            with AuditLog.open(state_dir) as log:
+                written = log.checkpoint()
+            if written is not None:
+                print(f"checkpoint written: seq {written['seq']} at {written['ts']}", flush=True)
+        except (AuditError, OSError) as exc:
+            print(f"enclave: checkpoint failed, retrying in {every:g} s: {exc}", file=sys.stderr, flush=True)
+        time.sleep(every)

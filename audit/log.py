@@ -12,7 +12,9 @@ Several processes append at once (hub, export service, CLI). Each append, in ord
 7. releases the lock and returns the record. Returning is the acknowledgement: the record is on disk.
 
 A failed write or fsync (full disk, I/O error) cuts the file back to where it was and raises
-AuditWriteError, so no half record is ever acknowledged and the chain stays valid.
+AuditWriteError, so no half record is ever acknowledged and the chain stays valid. ``append_or_spool`` is
+for actions that take access away: when the trail cannot be written, their entry goes to the preallocated
+spool (audit/spool.py), and the next append that can write drains it into the trail first, in order.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -46,15 +49,23 @@ from audit.chain import (
     utc_timestamp,
 )
 from audit.checkpoint import make_checkpoint
-from audit.errors import AuditError, AuditIntegrityError, AuditRecordError, AuditWriteError
+from audit.errors import AuditError, AuditRecordError, AuditWriteError
 from audit.query import RecordFilter, read_records
+from audit.spool import DEFAULT_SPOOL_BYTES, SPOOL_FILE, Spool, Spooled, rejected_summary
 from audit.verify import VerifyReport, verify_log
 from audit.vocabulary import VOCABULARY_VERSION, check_entry
 
 logger = logging.getLogger("audit")
 
+WITNESS_ENV = "ENCLAVE_AUDIT_WITNESS"
 MIRROR_ENV = "ENCLAVE_AUDIT_CHECKPOINT_MIRROR"
+"""The older name of ``ENCLAVE_AUDIT_WITNESS``; still read when the new one is not set."""
 SYSLOG_ENV = "ENCLAVE_AUDIT_SYSLOG"
+SYSLOG_SOCKET = "/dev/log"
+SERVICE_ACTOR = "service:audit"
+TAKES_ACCESS_AWAY = frozenset({"stop", "cull", "revoke", "logout", "enforce"})
+"""Last parts of the action names that ``append_or_spool`` accepts (server.stop, server.cull, export.revoke,
+auth.logout, policy.enforce, ...): the spool is reserved for actions that must happen even on a full disk."""
 _CHUNK = 64 * 1024
 
 
@@ -116,13 +127,17 @@ class AuditLog:
         rotate_daily: bool = True,
         checkpoint_mirror: str | os.PathLike[str] | None = None,
         syslog: bool | None = None,
+        spool_bytes: int = DEFAULT_SPOOL_BYTES,
     ) -> None:
         """Open (creating on first use) the log in ``audit_dir`` with keys in ``key_dir``.
 
-        ``checkpoint_mirror`` is a second checkpoints file, ideally on other storage, that makes a rollback
-        of the whole audit directory detectable; None means ``$ENCLAVE_AUDIT_CHECKPOINT_MIRROR`` if set.
-        ``syslog`` also sends each checkpoint to syslog (facility auth, ident enclave-audit); None means
-        ``$ENCLAVE_AUDIT_SYSLOG`` is 1/true/yes.
+        ``checkpoint_mirror`` is the witness file: a second copy of every checkpoint, outside the state
+        directory and ideally on other storage, that makes a rollback or rewrite of the whole audit directory
+        detectable; None means ``$ENCLAVE_AUDIT_WITNESS`` (or ``$ENCLAVE_AUDIT_CHECKPOINT_MIRROR``) if set.
+        ``syslog`` also sends each checkpoint to syslog (facility auth, ident enclave-audit), which reaches
+        the journal where there is one; None means ``$ENCLAVE_AUDIT_SYSLOG``: 1/true/yes on, 0/false/no
+        off, unset or ``auto`` on exactly when ``/dev/log`` is a socket.
+        ``spool_bytes`` is the size of the reserved spool for ``append_or_spool``.
         """
         if checkpoint_every < 1 or checkpoint_interval <= 0 or rotate_bytes < 1:
             raise ValueError("checkpoint_every, checkpoint_interval and rotate_bytes must be positive")
@@ -133,11 +148,9 @@ class AuditLog:
         self.checkpoint_interval = checkpoint_interval
         self.rotate_bytes = rotate_bytes
         self.rotate_daily = rotate_daily
-        mirror = os.environ.get(MIRROR_ENV) if checkpoint_mirror is None else os.fspath(checkpoint_mirror)
+        mirror = witness_from_env() if checkpoint_mirror is None else os.fspath(checkpoint_mirror)
         self.checkpoint_mirror = Path(mirror) if mirror else None
-        if syslog is None:
-            syslog = os.environ.get(SYSLOG_ENV, "").lower() in ("1", "true", "yes")
-        self.syslog = syslog
+        self.syslog = syslog_from_env() if syslog is None else syslog
 
         self.audit_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         keys.ensure_private_dir(self.key_dir)
@@ -151,10 +164,14 @@ class AuditLog:
         self._cp = _CheckpointState()
         self._cp_fd: int | None = None
         self._lock_fd: int | None = None
+        self._skipped: dict[str, Any] | None = None  # a damaged tail the chain now continues past
+        self._spool = Spool(self.audit_dir / SPOOL_FILE, self._mac_key, spool_bytes)
         self._open_process_state()
         try:
-            with self._locked():  # opening repairs a torn tail left by a crash
+            with self._locked():  # opening repairs a torn tail left by a crash, and reserves the spool
                 self._current_tail()
+                self._reserve_spool()
+                self._drain_best_effort()
         except BaseException:
             self.close()
             raise
@@ -207,10 +224,48 @@ class AuditLog:
                 self._forget_tail()  # our view of the tail may be ahead of the disk; re-read next time
                 raise
 
+    def append_or_spool(
+        self,
+        *,
+        actor: str,
+        action: str,
+        project: str | None = None,
+        target: str | None = None,
+        outcome: str = "ok",
+        details: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | Spooled:
+        """Record an action that takes access away (stop, cull, revoke, logout, enforce), even when the
+        trail cannot be written: then the entry goes, MACed and fsynced, to the reserved spool, and is
+        appended to the trail in order (followed by an ``audit.spooled`` record) once space returns.
+
+        Returns the stored record, or a ``Spooled`` marker (``.spooled`` is True). Raises AuditRecordError
+        for an entry the vocabulary refuses or an action that does not take access away (use ``append()``),
+        and AuditWriteError only if the spool is full or unusable too.
+        """
+        if action.rsplit(".", 1)[-1] not in TAKES_ACCESS_AWAY:
+            raise AuditRecordError(
+                f"audit record {action}: append_or_spool is reserved for actions that take access away "
+                f"(*.{', *.'.join(sorted(TAKES_ACCESS_AWAY))}); use append()"
+            )
+        fields = _prepare(
+            actor=actor, action=action, project=project, target=target, outcome=outcome, details=details
+        )
+        with self._locked():
+            try:
+                return self._append_locked([dict(fields)])[0]
+            except AuditWriteError as exc:
+                self._forget_tail()
+                return self._spool_locked(fields, exc)
+            except BaseException:
+                self._forget_tail()
+                raise
+
     def checkpoint(self) -> dict[str, Any] | None:
         """Write a signed checkpoint now (``enclave audit checkpoint``, e.g. from cron, so that a quiet log
-        is still covered). Returns it, or None if the log is empty."""
+        is still covered). Spooled records are appended first, if the trail can take them. Returns the
+        checkpoint, or None if the log is empty."""
         with self._locked():
+            self._drain_best_effort()
             tail = self._current_tail()
             line = self._write_checkpoint(tail, "manual", raise_errors=True)
         return None if line is None else dict(json.loads(line))
@@ -243,6 +298,10 @@ class AuditLog:
         ``since``/``until`` take datetimes or the strings of ``enclave audit show --since``. Not verified:
         run ``verify()`` for that."""
         return read_records(self.audit_dir, RecordFilter.build(since, until, actor, project, action, outcome))
+
+    def health(self) -> AuditHealth:
+        """Free space under the audit directory and spool usage, for ``enclave doctor``."""
+        return AuditHealth.of(self.audit_dir)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -308,8 +367,9 @@ class AuditLog:
             if change == "grew" and tail.fd is not None:
                 path = Path(tail.path)
                 tail.size = _cut_torn_tail(tail.fd, path)
-                if tail.size:
-                    tail.seq, tail.mac = self._last_link(tail.fd, tail.size, path)
+                found = self._last_link(tail.fd, tail.size, path) if tail.size else None
+                if found is not None:
+                    tail.seq, tail.mac = found
                     return tail
         self._forget_tail()
         tail = self._tail = self._read_tail()
@@ -341,40 +401,71 @@ class AuditLog:
         try:
             size = _cut_torn_tail(fd, path)
             tail = self._new_tail(indexes[-1], seq=0, mac=None, ino=os.fstat(fd).st_ino, size=size, fd=fd)
-            if size:
-                tail.seq, tail.mac = self._last_link(fd, size, path)
-                tail.day = _first_record_day(fd, path)
-            else:  # a segment created just before a crash: the chain continues from the previous one
-                tail.seq, tail.mac = self._previous_segments_end(indexes[:-1])
+            tail.day = _first_record_day(fd, path) if size else None
+            tail.seq, tail.mac = self._chain_end(indexes)
             return tail
         except BaseException:
             os.close(fd)
             raise
 
-    def _last_link(self, fd: int, size: int, path: Path) -> tuple[int, str]:
+    def _last_link(self, fd: int, size: int, path: Path) -> tuple[int, str] | None:
+        """seq and MAC of the last line ending before ``size``, or None if it is not a well-formed record."""
         start = _last_newline_before(fd, size - 1) + 1
         link = unseal(self._mac_key, os.pread(fd, size - start, start).rstrip(b"\n"))
         if link is None:
-            raise AuditIntegrityError(
-                f"{path}: the last record (at byte {start}) is unreadable, so the chain cannot be continued; "
-                "run 'enclave audit verify'"
-            )
+            return None
         if not link.mac_ok:  # keep going: the bad record stays as evidence, verify() will name it
             logger.warning("%s: last record seq %d fails its MAC; run 'enclave audit verify'", path, link.seq)
         return link.seq, link.mac
 
-    def _previous_segments_end(self, indexes: list[int]) -> tuple[int, str | None]:
+    def _chain_end(self, indexes: list[int]) -> tuple[int, str | None]:
+        """Where the chain continues: the last well-formed record, searching back across segments.
+
+        A damaged last line must not stop logging (every later append would fail while the records it
+        should hold are lost). The chain continues from the last readable record instead; the damaged bytes
+        stay where they are as evidence, ``verify()`` fails at them, and the next append first writes an
+        ``audit.tail_skipped`` record saying what was skipped."""
+        skipped: tuple[Path, int, int] | None = None
         for index in reversed(indexes):
             path = self._segment_path(index)
             with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size:
-                    return self._last_link(f.fileno(), size, path)
+                end = os.fstat(f.fileno()).st_size
+                while end > 0:
+                    found = self._last_link(f.fileno(), end, path)
+                    if found is not None:
+                        self._note_skipped(skipped, found[0])
+                        return found
+                    start = _last_newline_before(f.fileno(), end - 1) + 1
+                    skipped = (path, start, (skipped[2] if skipped else 0) + end - start)
+                    end = start
+        self._note_skipped(skipped, 0)
         return 0, None
+
+    def _note_skipped(self, skipped: tuple[Path, int, int] | None, seq: int) -> None:
+        if skipped is None:
+            return
+        path, offset, size = skipped
+        logger.error("%s: %d byte(s) from offset %d are not a well-formed record; the chain continues from seq "
+                     "%d and 'enclave audit verify' will fail there", path, size, offset, seq)  # fmt: skip
+        self._skipped = {"reason": "tail_damaged", "segment": path.name, "offset": offset, "bytes": size,
+                         "continued_from": seq}  # fmt: skip
 
     # -- internals: appending ------------------------------------------------------------------------------
 
     def _append_locked(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Spooled records first (they happened before), then a note of a skipped damaged tail, then the
+        caller's entries. Reading the tail first is what finds a damaged one."""
+        self._current_tail()
+        if self._skipped is not None:
+            note = _prepare(actor=SERVICE_ACTOR, action="audit.tail_skipped", outcome="error",
+                            details=self._skipped)  # fmt: skip
+            self._write_locked([note])
+            self._skipped = None
+        if self._spool.has_entries():
+            self._drain_spool()
+        return self._write_locked(prepared)
+
+    def _write_locked(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
         tail = self._current_tail()
         self._refresh_checkpoint_state()
         batch = _Batch()
@@ -434,6 +525,94 @@ class AuditLog:
         batch.flushed += len(batch.lines)
         batch.lines.clear()
         batch.size = 0
+
+    # -- internals: the spool ------------------------------------------------------------------------------
+
+    def _reserve_spool(self) -> None:
+        """Preallocate the spool now, while there is space. Without it, a full disk loses records of stops:
+        that is logged and reported by ``health()``, but does not stop the log from opening."""
+        try:
+            self._spool.ensure()
+        except OSError as exc:
+            logger.error("%s: cannot reserve the audit spool: %s", self._spool.path, exc.strerror or exc)
+
+    def _drain_best_effort(self) -> None:
+        if not self._spool.has_entries():
+            return
+        try:
+            self._drain_spool()
+        except AuditWriteError as exc:
+            self._forget_tail()
+            logger.warning("%s: spooled records wait for space: %s", self._spool.path, exc)
+
+    def _drain_spool(self) -> None:
+        """Append the spooled entries, in order, then an ``audit.spooled`` record naming them; then zero the
+        spool. Entries already in the trail (a drain cut short by a crash or a full disk after some were
+        written) are recognised by ``details.spool_id`` on the trail's last record and not written twice."""
+        contents = self._spool.read()
+        entries = contents.entries
+        done = self._last_spool_id_written()
+        ids = [e.mac for e in entries]
+        if done in ids:
+            entries = entries[ids.index(done) + 1 :]
+        tail = self._current_tail()
+        prepared = [
+            dict(e.fields, details=dict(e.fields.get("details") or {}, spooled_at=e.ts, spool_id=e.mac))
+            for e in entries
+        ]
+        if prepared or contents.rejected.strip(b"\n"):
+            prepared.append(self._spooled_note(contents, entries, tail.seq))
+        if prepared:
+            self._write_locked(prepared)
+        if contents.rejected.strip(b"\n"):
+            logger.error("%s: %d byte(s) after the last valid spooled record were not appended "
+                         "(torn or forged); see the audit.spooled record", self._spool.path,
+                         len(contents.rejected))  # fmt: skip
+        self._spool.clear(contents.used + len(contents.rejected))
+
+    def _spooled_note(self, contents: Any, entries: list[Any], seq: int) -> dict[str, Any]:
+        details: dict[str, Any] = {"count": len(entries)}
+        if entries:
+            details.update(first_seq=seq + 1, last_seq=seq + len(entries), since=entries[0].ts,
+                           last_spool_id=entries[-1].mac)  # fmt: skip
+        if contents.rejected.strip(b"\n"):
+            details.update(rejected_summary(contents.rejected))
+            return _prepare(actor=SERVICE_ACTOR, action="audit.spooled", outcome="error",
+                            details=dict(details, reason="spool_damaged"))  # fmt: skip
+        return _prepare(actor=SERVICE_ACTOR, action="audit.spooled", details=details)
+
+    def _last_spool_id_written(self) -> str | None:
+        """``details.spool_id`` (or ``last_spool_id``) of the trail's last record, if it has one."""
+        line = self._last_line()
+        if line is None:
+            return None
+        try:
+            details = json.loads(line).get("details") or {}
+            return details.get("spool_id") or details.get("last_spool_id")
+        except (ValueError, AttributeError):
+            return None
+
+    def _last_line(self) -> bytes | None:
+        for path in reversed(segment_paths(self.audit_dir)):
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size:
+                    start = _last_newline_before(f.fileno(), size - 1) + 1
+                    return os.pread(f.fileno(), size - start, start)
+        return None
+
+    def _spool_locked(self, fields: dict[str, Any], cause: AuditWriteError) -> Spooled:
+        try:
+            spooled = self._spool.add(fields)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise AuditWriteError(
+                cause.errno or errno.EIO,
+                f"{cause}; and the record could not be spooled either ({self._spool.path}: {why})",
+            ) from exc
+        logger.error("%s: the trail cannot be written (%s); %s %s spooled as entry %d", self.audit_dir,
+                     cause, fields["action"], fields.get("target") or "", spooled.n)  # fmt: skip
+        return spooled
 
     # -- internals: checkpoints ----------------------------------------------------------------------------
 
@@ -515,6 +694,9 @@ class AuditLog:
             except OSError as exc:
                 logger.warning("%s: could not mirror checkpoint: %s", self.checkpoint_mirror, exc)
         if self.syslog:
+            if not _is_socket(SYSLOG_SOCKET):  # libc's syslog() drops messages silently without it
+                logger.warning("%s: no syslog socket; checkpoint not sent to syslog", SYSLOG_SOCKET)
+                return
             import syslog
 
             syslog.openlog("enclave-audit", syslog.LOG_PID, syslog.LOG_AUTH)
@@ -522,6 +704,69 @@ class AuditLog:
 
 
 # -- module helpers ----------------------------------------------------------------------------------------
+
+
+def witness_from_env() -> str | None:
+    """The witness file named by the environment, if any."""
+    return os.environ.get(WITNESS_ENV) or os.environ.get(MIRROR_ENV) or None
+
+
+def syslog_from_env() -> bool:
+    value = os.environ.get(SYSLOG_ENV, "auto").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return _is_socket(SYSLOG_SOCKET)
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class AuditHealth:
+    """What ``enclave doctor`` needs to warn before a full disk costs records: free space under the audit
+    directory, and how much of the reserved spool is used (anything in it waits for space)."""
+
+    audit_dir: str
+    free_bytes: int
+    total_bytes: int
+    spool_present: bool
+    spool_capacity: int
+    spool_used: int
+    spool_pending: int
+
+    @classmethod
+    def of(cls, audit_dir: str | os.PathLike[str]) -> AuditHealth:
+        from audit.spool import spool_usage
+
+        path = Path(audit_dir)
+        st = os.statvfs(path if path.exists() else path.parent)
+        present, capacity, used, pending = spool_usage(path)
+        return cls(os.fspath(path), st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize,
+                   present, capacity, used, pending)  # fmt: skip
+
+    def problems(self, min_free_bytes: int) -> list[str]:
+        """Sentences for the doctor; empty when all is well."""
+        out = []
+        if self.free_bytes < min_free_bytes:
+            out.append(f"{self.audit_dir}: only {self.free_bytes // 1024 // 1024} MiB free (the site minimum is "
+                       f"{min_free_bytes // 1024 // 1024} MiB); audit records will be refused or spooled")  # fmt: skip
+        if not self.spool_present:
+            out.append(f"{self.audit_dir}/{SPOOL_FILE}: missing; a full disk would lose records of stops")
+        elif self.spool_pending:
+            out.append(f"{self.audit_dir}/{SPOOL_FILE}: {self.spool_pending} record(s) spooled "
+                       f"({self.spool_used} of {self.spool_capacity} bytes) wait for space in the trail")  # fmt: skip
+        return out
+
+
+def health(state_dir: str | os.PathLike[str]) -> AuditHealth:
+    """``AuditHealth`` of the enclave in ``state_dir`` (its ``audit`` directory); needs no key."""
+    return AuditHealth.of(Path(state_dir) / "audit")
 
 
 def _prepare(

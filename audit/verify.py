@@ -19,6 +19,7 @@ for records it has not read yet.
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from audit.chain import CHECKPOINTS_FILE, MAC_MEMBER_LEN, Link, segment_index, segment_paths, unseal
 from audit.checkpoint import NOT_JSON, BadCheckpoint, Checkpoint, parse_checkpoint, read_checkpoint_lines
 from audit.keys import key_id
+from audit.spool import SPOOL_FILE, spool_usage
 
 try:  # the C function behind hmac.digest, without its Python wrapper: a fifth of the hot loop's time
     from _hashlib import hmac_digest as _hmac_digest
@@ -72,6 +74,8 @@ class VerifyReport:
     """A segment ending in an incomplete line: an append interrupted by a crash, never acknowledged, cut off
     by the next writer. Not a failure."""
     warnings: tuple[str, ...] = field(default=())
+    witnessed: int = 0
+    """Distinct, validly signed checkpoints found in the witnesses."""
 
     @property
     def uncovered(self) -> int:
@@ -88,7 +92,10 @@ class VerifyReport:
         where = self.first_bad_segment or self.bad_checkpoint or "audit log"
         line = f": line {self.first_bad_line}" if self.first_bad_line else ""
         seq = f": record seq {self.first_bad_seq}" if self.first_bad_seq is not None else ""
-        return f"{where}{line}{seq}: {self.reason}: {self.detail}"
+        proof = (
+            f" (checkpoint {self.bad_checkpoint})" if self.first_bad_segment and self.bad_checkpoint else ""
+        )
+        return f"{where}{line}{seq}: {self.reason}: {self.detail}{proof}"
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,7 @@ class _Entry:
 
 
 _NO_PREV = b',"prev":null,'
+_HEX64 = re.compile(rb"[0-9a-f]{64}")
 
 
 @dataclass
@@ -130,15 +138,20 @@ def verify_log(
     public_key: Ed25519PublicKey,
     checkpoint_copies: Sequence[Path] = (),
 ) -> VerifyReport:
-    """Verify the log in ``audit_dir`` against its checkpoints file and ``checkpoint_copies``: the mirror
-    on other storage, or lines extracted from syslog (prefixes and unrelated lines are skipped).
-    With ``mac_key`` None, MACs are not checked and record contents are not authenticated."""
+    """Verify the log in ``audit_dir`` against its checkpoints file and the witnesses ``checkpoint_copies``:
+    copies kept outside the state directory (the witness file, lines extracted from syslog or the journal;
+    prefixes and unrelated lines are skipped). With ``mac_key`` None, MACs are not checked and record
+    contents are not authenticated (see audit/README.md, "Without the MAC key")."""
     primary = audit_dir / CHECKPOINTS_FILE
-    good, bad, warnings = _load_checkpoints([primary], list(checkpoint_copies), public_key)
+    own = _load_checkpoints([primary], public_key, lenient=False)
+    witnessed = _load_checkpoints(list(checkpoint_copies), public_key, lenient=True)
+    good = _merge(own.good, witnessed.good)
     paths = segment_paths(audit_dir)
     walk = _walk(paths, mac_key, {cp.seq for cp in good})
     last_seq = walk.expected_seq - 1
-    problem = _first_problem(walk, good, bad, paths, last_seq, audit_dir, primary)
+    problem = _first_problem(walk, good, own.bad + witnessed.bad, paths, last_seq, audit_dir)
+    if problem is None:
+        problem = _primary_problem(own, witnessed, last_seq, primary)
     covered = [cp.seq for cp in good if cp.seq <= last_seq]
     report = VerifyReport(
         ok=problem is None,
@@ -150,7 +163,13 @@ def verify_log(
         key_id=key_id(public_key),
         macs_checked=mac_key is not None,
         torn_tail=str(walk.torn_tail) if walk.torn_tail else None,
-        warnings=tuple(warnings),
+        warnings=tuple(
+            own.warnings
+            + witnessed.warnings
+            + _unwitnessed(own, witnessed, checkpoint_copies)
+            + _spool_warning(audit_dir)
+        ),
+        witnessed=len(witnessed.good),
     )
     if problem is None:
         return report
@@ -168,29 +187,44 @@ def verify_log(
 # -- checkpoints -------------------------------------------------------------------------------------------
 
 
-def _load_checkpoints(
-    files: list[Path], lenient_files: list[Path], public_key: Ed25519PublicKey
-) -> tuple[list[Checkpoint], list[BadCheckpoint], list[str]]:
-    """Read every copy of the checkpoints. The primary file is repaired under the writers' lock, so any
-    line in it that does not parse is damage; copies elsewhere (mirror, syslog) may hold torn lines from
-    crashes on their own storage, which are skipped with a warning. A line that parses must be valid."""
-    good: dict[tuple[int, str, str], Checkpoint] = {}
-    bad: list[BadCheckpoint] = []
-    warnings: list[str] = []
-    for path, lenient in [(p, False) for p in files] + [(p, True) for p in lenient_files]:
+@dataclass
+class _Loaded:
+    """Checkpoints read from one group of files: the state directory's own file, or the witnesses."""
+
+    good: dict[tuple[int, str, str], Checkpoint] = field(default_factory=dict)
+    bad: list[BadCheckpoint] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    files: int = 0
+
+
+def _load_checkpoints(files: list[Path], public_key: Ed25519PublicKey, lenient: bool) -> _Loaded:
+    """Read checkpoint files. The primary file is repaired under the writers' lock, so any line in it that
+    does not parse is damage; witnesses may hold torn lines from crashes on their own storage, which are
+    skipped with a warning. A line that parses must be valid. Duplicate lines count once."""
+    loaded = _Loaded()
+    for path in files:
         if not path.exists():
             if lenient:
-                warnings.append(f"{path}: checkpoint copy not found; not checked")
+                loaded.warnings.append(f"{path}: witness not found; not checked")
             continue
+        loaded.files += 1
         for source, line in read_checkpoint_lines(path, lenient):
             parsed = parse_checkpoint(line, source, public_key)
             if isinstance(parsed, Checkpoint):
-                good.setdefault((parsed.seq, parsed.mac, parsed.ts), parsed)
+                loaded.good.setdefault((parsed.seq, parsed.mac, parsed.ts), parsed)
             elif lenient and parsed.why == NOT_JSON:
-                warnings.append(f"{source}: skipped a line that is not a whole checkpoint")
+                loaded.warnings.append(f"{source}: skipped a line that is not a whole checkpoint")
             else:
-                bad.append(parsed)
-    return sorted(good.values(), key=lambda cp: cp.seq), bad, warnings
+                loaded.bad.append(parsed)
+    return loaded
+
+
+def _merge(*groups: dict[tuple[int, str, str], Checkpoint]) -> list[Checkpoint]:
+    merged: dict[tuple[int, str, str], Checkpoint] = {}
+    for group in groups:
+        for k, cp in group.items():
+            merged.setdefault(k, cp)
+    return sorted(merged.values(), key=lambda cp: cp.seq)
 
 
 def _first_problem(
@@ -200,7 +234,6 @@ def _first_problem(
     paths: list[Path],
     last_seq: int,
     audit_dir: Path,
-    primary: Path,
 ) -> _Problem | None:
     """The earliest fault: chain breaks and disagreements with checkpoints first (by seq), then
     truncation, then checkpoints that are themselves bad."""
@@ -220,14 +253,69 @@ def _first_problem(
         )
     if bad:
         return _Problem(Reason.BAD_CHECKPOINT, None, bad[0].why, checkpoint=bad[0].source)
-    if last_seq and not primary.exists():
+    return None
+
+
+def _primary_problem(own: _Loaded, witnessed: _Loaded, last_seq: int, primary: Path) -> _Problem | None:
+    """The state directory's checkpoints file must exist, hold a checkpoint once there are records (the
+    writer checkpoints on the first append), and hold every checkpoint a witness saw (the writer writes
+    there first, so a checkpoint only a witness has was removed from it)."""
+    if last_seq and not own.files:
         return _Problem(
             Reason.BAD_CHECKPOINT,
             None,
             f"the log has {last_seq} records but its checkpoints file is missing",
             checkpoint=str(primary),
         )
+    if last_seq and not own.good:
+        return _Problem(
+            Reason.BAD_CHECKPOINT,
+            None,
+            f"the log has {last_seq} records but its checkpoints file holds no checkpoint (emptied?); the "
+            "writer checkpoints on the first append, so records after the last checkpoint may have been cut",
+            checkpoint=str(primary),
+        )
+    missing = [cp for k, cp in witnessed.good.items() if k not in own.good]
+    if missing:
+        cp = missing[0]
+        return _Problem(
+            Reason.BAD_CHECKPOINT,
+            None,
+            f"the witness holds {len(missing)} checkpoint(s) that {primary.name} lacks, the first of seq "
+            f"{cp.seq} at {cp.ts}: checkpoints were removed from {primary.name}, or it was rolled back",
+            checkpoint=cp.source,
+        )
     return None
+
+
+def _spool_warning(audit_dir: Path) -> list[str]:
+    """Records waiting in the spool are not in the trail yet (and not covered by any checkpoint)."""
+    _, _, used, pending = spool_usage(audit_dir)
+    if not used:
+        return []
+    message = (
+        f"{audit_dir / SPOOL_FILE}: {pending} record(s) spooled on a full disk wait to be appended to the "
+        "trail; they are not covered by checkpoints until then"
+    )
+    return [message]
+
+
+def _unwitnessed(own: _Loaded, witnessed: _Loaded, copies: Sequence[Path]) -> list[str]:
+    """Checkpoints the witness never got. Not a failure (a witness write is best effort and a witness may
+    start late), but it narrows what the witness proves, so it is named."""
+    if not witnessed.files:
+        return []
+    if not witnessed.good:
+        return [f"the witness ({', '.join(map(str, copies))}) holds no checkpoint of this log"]
+    first = min(cp.seq for cp in witnessed.good.values())
+    lacking = sorted(cp.seq for k, cp in own.good.items() if k not in witnessed.good and cp.seq > first)
+    if not lacking:
+        return []
+    message = (
+        f"the witness lacks {len(lacking)} checkpoint(s) of {CHECKPOINTS_FILE} after its first one, the first "
+        f"of seq {lacking[0]}: the witness was unavailable then, or lines were removed from it"
+    )
+    return [message]
 
 
 def _checkpoint_mismatch(walk: _Walk, good: list[Checkpoint], audit_dir: Path) -> _Problem | None:
@@ -295,10 +383,14 @@ def _check_lines(walk: _Walk, lines: list[bytes], key: bytes | None, segment: st
     for index, line in enumerate(lines):
         cut = line.rfind(b'"mac":"')
         mac = line[cut + 7 : cut + 71]
-        if cut < 0 or (
-            key is not None
-            and digest(key, line[:cut] + line[cut + MAC_MEMBER_LEN :], "sha256").hex().encode() != mac
-        ):
+        # The two bytes after the MAC are outside the MAC's input, so they are checked here, exactly: a
+        # line the writer cannot continue from must not verify.
+        if cut < 0 or line[cut + 71 : cut + 73] != b'",':
+            break
+        if key is None:
+            if _HEX64.fullmatch(mac) is None:
+                break
+        elif digest(key, line[:cut] + line[cut + MAC_MEMBER_LEN :], "sha256").hex().encode() != mac:
             break
         if (
             line.find(prev, cut + MAC_MEMBER_LEN) < 0
@@ -341,8 +433,8 @@ def _diagnose(walk: _Walk, rest: list[_Entry], paths: list[Path], k: int) -> _Pr
     if link is None or not link.mac_ok:
         after = rest[1].link if len(rest) > 1 else None
         if after is not None and after.mac_ok and after.seq == seq and after.prev == prev:
-            return problem(Reason.INSERTED, "this line was not written by the audit log (its MAC fails) and the "
-                           f"chain continues after it with seq {seq}: it was inserted")  # fmt: skip
+            return problem(Reason.INSERTED, "this line is not a valid record (inserted without the MAC key, or "
+                           f"damaged and skipped by the writer) and the chain continues after it with seq {seq}")  # fmt: skip
         if link is None:
             return problem(Reason.MODIFIED, f"this line is not a well-formed record (seq {seq} belongs here)")
         return problem(

@@ -145,6 +145,22 @@ ACTIONS: Mapping[str, ActionSpec] = _table(
         details=("route",),
         outcomes=frozenset({"denied"}),
     ),
+    # The audit trail itself (audit/: the spool for a full disk, and a damaged tail)
+    ActionSpec(
+        "audit.spooled",
+        "Records written to the reserved spool while the trail could not be written (full disk) were "
+        "appended just before this record: details.count, first_seq, last_seq, since (when the first was "
+        "spooled). Outcome error, reason spool_damaged, when spool bytes failed their MAC and were dropped.",
+        details=("count",),
+    ),
+    ActionSpec(
+        "audit.tail_skipped",
+        "A writer found the log's last line(s) damaged and continued the chain from the last readable record "
+        "(details.continued_from); the damaged bytes (details.segment, offset, bytes) stay as evidence and "
+        "verification fails there.",
+        details=("segment", "offset", "continued_from"),
+        outcomes=frozenset({"error"}),
+    ),
 )
 
 

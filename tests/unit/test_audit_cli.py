@@ -165,3 +165,48 @@ def test_checkpoint_command(state: Path, capsys) -> None:
     assert "checkpoint written: seq 5" in capsys.readouterr().out
     last = json.loads((state / "audit" / "checkpoints.jsonl").read_text().splitlines()[-1])
     assert (last["seq"], last["reason"]) == (5, "manual")
+
+
+def test_verify_with_a_witness_names_the_rollback(state: Path, tmp_path: Path, capsys) -> None:
+    witness = tmp_path / "witness.jsonl"
+    witness.write_bytes((state / "audit" / "checkpoints.jsonl").read_bytes())
+    segment(state).write_bytes(b"".join(segment(state).read_bytes().splitlines(keepends=True)[:1]))
+    cps = (state / "audit" / "checkpoints.jsonl").read_bytes().splitlines(keepends=True)
+    (state / "audit" / "checkpoints.jsonl").write_bytes(cps[0])
+    assert enclave(state, "verify") == 0
+    assert "note: no witness checked" in capsys.readouterr().out
+    assert enclave(state, "verify", "--witness", str(witness)) == 3
+    err = capsys.readouterr().err
+    assert ": truncated: the log ends at seq 1" in err and str(witness) in err
+
+
+def test_verify_refuses_an_emptied_checkpoints_file(state: Path, capsys) -> None:
+    (state / "audit" / "checkpoints.jsonl").write_bytes(b"")
+    assert enclave(state, "verify") == 3
+    assert "bad checkpoint: the log has 5 records but its checkpoints file holds no checkpoint" in (
+        capsys.readouterr().err
+    )
+
+
+def test_checkpoint_every_keeps_checkpointing_like_the_timer(state: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    cps = state / "audit" / "checkpoints.jsonl"
+    before = len(cps.read_bytes().splitlines())
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "audit", "--state-dir", str(state), "checkpoint", "--every", "0.2"],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(cps.read_bytes().splitlines()) < before + 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        loop.terminate()
+        loop.wait(timeout=10)
+    manual = [json.loads(x) for x in cps.read_bytes().splitlines()[before:]]
+    assert len(manual) >= 3 and {cp["reason"] for cp in manual} == {"manual"}
+    assert enclave(state, "verify") == 0
