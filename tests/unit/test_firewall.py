@@ -71,6 +71,8 @@ def verdict(fake: FakeIptables, bridge: str, port: int, state: str = "NEW") -> s
                     continue
                 if r.dport is not None and r.dport != str(port):
                     continue
+                if r.target == "LOG":  # logs and goes on to the next rule
+                    continue
                 return r.target
     return "ACCEPT"
 
