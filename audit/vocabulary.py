@@ -163,8 +163,8 @@ ACTIONS: Mapping[str, ActionSpec] = _table(
     ),
     ActionSpec(
         "hub.refused",
-        "The hub refused a request worth an auditor's attention: an administrator opening, starting or "
-        "minting a token for someone else's server, or a form posted without its _xsrf token. "
+        "The hub (or the export service) refused a request worth an auditor's attention: an administrator "
+        "opening, starting or minting a token for someone else's server, or a form posted without _xsrf. "
         "details.route says which; details.status the hub's answer.",
         details=("route",),
         outcomes=frozenset({"denied"}),
