@@ -38,7 +38,9 @@ ROUTE_KINDS = [
 def refusals(state_dir: str | None = None) -> RefusalAggregator:
     from hub.runtime import audit_log
 
-    aggregator = RefusalAggregator(audit_log(state_dir or os.environ.get("ENCLAVE_STATE_DIR", "/var/lib/enclave")))
+    window = float(os.environ.get("ENCLAVE_AUDIT_REFUSAL_WINDOW") or 60)
+    log = audit_log(state_dir or os.environ.get("ENCLAVE_STATE_DIR", "/var/lib/enclave"))
+    aggregator = RefusalAggregator(log, window=window)
     ioloop.PeriodicCallback(aggregator.flush_due, 5000).start()
     atexit.register(aggregator.flush_all)
     return aggregator

@@ -11,7 +11,9 @@ flushed from a timer on the hub's event loop and at exit, so repeating them cann
 from __future__ import annotations
 
 import atexit
+import json
 import logging
+import os
 import re
 from functools import cache
 
@@ -32,6 +34,7 @@ OTHERS_SERVER = [
     ("token", {"POST"}, re.compile(r"^/hub/api/users/(?P<user>[^/]+)/tokens/?$")),
     ("open", {"GET"}, re.compile(r"^/hub/user/(?P<user>[^/]+)(?:/(?P<server>[^/]+))?(?:/.*)?$")),
 ]
+TOKENS = re.compile(r"^/hub/api/users/[^/]+/tokens/?$")
 OAUTH_AUTHORIZE = re.compile(r"^/hub/api/oauth2/authorize/?$")
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -64,7 +67,8 @@ def audit_request(handler, state_dir: str) -> None:
 @cache
 def refusals(state_dir: str) -> RefusalAggregator:
     """The hub process's refusal aggregator: summaries every 5 s once a window closes, the rest at exit."""
-    aggregator = RefusalAggregator(runtime.audit_log(state_dir))
+    window = float(os.environ.get("ENCLAVE_AUDIT_REFUSAL_WINDOW") or 60)
+    aggregator = RefusalAggregator(runtime.audit_log(state_dir), window=window)
     ioloop.PeriodicCallback(aggregator.flush_due, 5000).start()
     atexit.register(aggregator.flush_all)
     return aggregator
@@ -91,12 +95,23 @@ def refused_attempt(handler) -> tuple[str, str, str | None] | None:
     if OAUTH_AUTHORIZE.match(request.path) and status == 403:
         client = clip(handler.get_argument("client_id", "?"), 120)
         return "open_others_server", f"{request.method} {clip(request.path)} client_id={client}", None
+    if TOKENS.match(request.path) and request.method == "POST" and _asks_for_server_access(request.body):
+        return "token_others_server", f"{request.method} {clip(request.path)} scopes=access:servers", None
     for attempt, methods, rx in OTHERS_SERVER:
         match = rx.match(request.path)
         if match and request.method in methods and match["user"] != who.name:
             server = f"{match['user']}/{match.groupdict().get('server') or ''}".rstrip("/")
             return f"{attempt}_others_server", f"{request.method} {clip(request.path)}", clip(server, 120)
     return None
+
+
+def _asks_for_server_access(body: bytes) -> bool:
+    """A refused token request naming a server scope: someone trying to reach a server not theirs."""
+    try:
+        scopes = json.loads(body or b"{}").get("scopes") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(s, str) and s.startswith("access:servers") for s in scopes)
 
 
 def _has_xsrf(handler) -> bool:
