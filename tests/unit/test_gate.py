@@ -209,3 +209,69 @@ def test_drops_are_one_record_per_container_and_window_with_a_count():
     clock.now = 61
     refusals.flush_due()
     assert len(trail.records) == 2 and trail.records[1]["details"]["repeated"] == 99
+
+
+# ---- the export service's and the hub's refusal kinds ------------------------------------------------
+
+
+def test_side_door_reports_are_classified_in_every_spelling():
+    from exports.trail import route_kind as door
+
+    for route in ("GET /user/alice/demo-cardio/files/x", "GET /user/a/p/FILES/x", "GET /user/a/p/%66iles/x",
+                  "GET /user/a/p/%2566iles/x?download=1"):
+        assert door(route) == "files-download", route
+    assert door("POST /user/a/p/api/terminals") == "terminals"
+    assert door("GET /user/a/p/Nbconvert/html/x.ipynb") == "nbconvert"
+    assert door("upload-over-cap") == "upload-over-cap"
+    assert door("GET /user/a/p/lab") == "other"
+
+
+class FakeRequest:
+    def __init__(self, method, path, body=b"", headers=None):
+        self.method, self.path, self.body, self.headers = method, path, body, headers or {}
+        self.remote_ip = "127.0.0.1"
+
+
+class FakeUser:
+    kind = "user"
+
+    def __init__(self, name):
+        self.name = name
+
+
+class FakeHandler:
+    def __init__(self, method, path, status, user=None, body=b"", headers=None, args=None):
+        self.request = FakeRequest(method, path, body, headers)
+        self._status, self._user, self._args = status, user, args or {}
+
+    def get_status(self):
+        return self._status
+
+    @property
+    def current_user(self):
+        return self._user
+
+    def get_argument(self, name, default=None):
+        return self._args.get(name, default)
+
+
+def test_the_hub_refusals_that_go_on_the_trail():
+    from hub.audit_hooks import refused_attempt
+
+    adam = FakeUser("adam")
+    auth = {"Authorization": "token x"}
+    assert refused_attempt(FakeHandler("POST", "/hub/api/users/alice/servers/demo-cardio", 403, adam, headers=auth)) == (
+        "start_others_server", "POST /hub/api/users/alice/servers/demo-cardio", "alice/demo-cardio")
+    assert refused_attempt(FakeHandler("POST", "/hub/api/users/alice/tokens", 403, adam, headers=auth))[0] == (
+        "token_others_server")
+    mint = FakeHandler("POST", "/hub/api/users/adam/tokens", 400, adam, headers=auth,
+                       body=b'{"scopes": ["access:servers!server=alice/demo-cardio"]}')
+    assert refused_attempt(mint)[0] == "token_others_server"
+    grant = FakeHandler("GET", "/hub/api/oauth2/authorize", 403, adam, args={"client_id": "jupyterhub-user-alice"})
+    assert refused_attempt(grant)[0] == "open_others_server"
+    assert refused_attempt(FakeHandler("POST", "/hub/login", 403))[0] == "xsrf_missing"
+    with_xsrf = FakeHandler("POST", "/hub/login", 403, args={"_xsrf": "t"})
+    assert refused_attempt(with_xsrf) is None
+    own = FakeHandler("POST", "/hub/api/users/adam/servers/x", 403, adam, headers=auth)
+    assert refused_attempt(own) is None, "one's own server is not someone else's"
+    assert refused_attempt(FakeHandler("POST", "/hub/api/users/alice/tokens", 201, adam, headers=auth)) is None
