@@ -1,6 +1,7 @@
 """Benchmark of the hub gate under a flood: does one container slow the hub down for everyone else?
 
     .venv/bin/python bench/gate.py                     # the gate as deployed (5 req/s per server, burst 20)
+    .venv/bin/python bench/gate.py --threads 64 --seconds 60
     .venv/bin/python bench/gate.py --also-unlimited    # and again with the limit lifted, for comparison
 
 It starts its own slapd, proxy and hub on free loopback ports (tests/harness.py), spawns alice's
@@ -8,8 +9,8 @@ demo-cardio, and removes all of it afterwards. Then, in the same run:
 
 1. baseline: the median latency of bob's hub API calls (``GET /hub/api/users/bob`` through the proxy, his
    browser session), ``--samples`` sequential calls, nothing else running;
-2. under flood: alice's container sends ``--threads`` x ``--requests`` requests as fast as the gate answers
-   to an allowed gate route (``GET /hub/api/user`` with its server token), while bob's calls are timed
+2. under flood: ``--threads`` threads in alice's container send requests for ``--seconds``, each as fast
+   as the gate answers, to an allowed gate route (``GET /hub/api/user`` with its server token), while bob's calls are timed
    again;
 3. the ratio under flood / baseline (target <= 2), the flood's rate and answers (200 passed to the hub,
    429 throttled at the gate), and how many audit records the flood left (aggregated).
@@ -39,11 +40,12 @@ FLOOD = """
 import json, os, sys, threading, time, urllib.request, urllib.error, collections
 gw = os.environ["JUPYTERHUB_API_URL"].split("/hub/api")[0]
 token = os.environ["JUPYTERHUB_API_TOKEN"]
-threads, each = int(sys.argv[1]), int(sys.argv[2])
+threads, seconds = int(sys.argv[1]), float(sys.argv[2])
+deadline = time.monotonic() + seconds
 counts = collections.Counter()
 lock = threading.Lock()
 def run():
-    for _ in range(each):
+    while time.monotonic() < deadline:
         req = urllib.request.Request(gw + "/hub/api/user", headers={"Authorization": "token " + token})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -81,7 +83,7 @@ def run(directory: Directory, args: argparse.Namespace, env: dict, label: str) -
         baseline = [timed_call(bob) for _ in range(args.samples)]
         container = hub.container("alice", "demo-cardio")
         result: dict = {}
-        cmd = ["/opt/notebook/bin/python", "-c", FLOOD, str(args.threads), str(args.requests)]
+        cmd = ["/opt/notebook/bin/python", "-c", FLOOD, str(args.threads), str(args.seconds)]
         flood = threading.Thread(target=lambda: result.update(out=docker_exec(container, cmd, timeout=600)))
         flood.start()
         time.sleep(1)
@@ -118,8 +120,8 @@ def report(label: str, baseline: list[float], during: list[float], flood: dict, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=100, help="bob's baseline calls")
-    parser.add_argument("--threads", type=int, default=8, help="flooding threads in alice's container")
-    parser.add_argument("--requests", type=int, default=2000, help="requests per flooding thread")
+    parser.add_argument("--threads", type=int, default=32, help="flooding threads in alice's container")
+    parser.add_argument("--seconds", type=float, default=30, help="how long the flood lasts")
     parser.add_argument("--also-unlimited", action="store_true", help="run again with the limit lifted")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="enclave-bench-ldap-", dir="/var/tmp"))
