@@ -242,7 +242,7 @@ def remove_bridge(bridge: str) -> None:
                     if line.startswith("-A ") and (
                         f"-i {bridge} " in line + " " or f"-o {bridge} " in line + " "
                     ):
-                        _run(tool, "-D", *line.split()[1:], check=False)
+                        _run(tool, "-D", *shlex.split(line)[1:], check=False)  # LOG prefixes are quoted
 
 
 def network_bridge(network_attrs: Mapping) -> str:
