@@ -55,11 +55,13 @@ REFUSAL = "Only the notebook server's own hub calls pass here; people log in thr
 SERVER_SCOPE_PREFIX = "access:servers!server="
 TOKEN_HEADER = re.compile(r"^\s*(?:token|bearer)\s+(\S+)\s*$", re.IGNORECASE)
 MAX_ACTIVITY_SERVERS = 32
-# A throttled request is answered after the wait its Retry-After names (at most MAX_HOLD_SECONDS), for at
-# most MAX_HELD requests per source at once; beyond that at once. A plain flooding loop then slows to the
-# limit instead of burning the CPU the hub needs; a client with many connections still gets quick 429s.
-MAX_HELD = 16
-MAX_HOLD_SECONDS = 1.0
+# A throttled request is answered after HOLD_SECONDS (its Retry-After is at least that), for at most
+# MAX_HELD requests per source and MAX_HELD_TOTAL in all at once; beyond that at once. A flooding loop then
+# waits instead of burning the CPU the hub needs. A held request costs one connection and a coroutine; a
+# container has at most its nofile limit of connections, so the caps bound the gate's memory.
+MAX_HELD = 256
+MAX_HELD_TOTAL = 2048
+HOLD_SECONDS = 1.0
 
 
 def allowed(method: str, path: str) -> bool:
@@ -369,10 +371,10 @@ class GateHandler(web.RequestHandler):
         # per throttled request would cost more CPU than the count (the first of a window waits for fsync).
         self.gate.refusals.refuse(**self.gate.entry(who, "gate.throttled", "rate_limited", route))
         held = self.gate.held
-        if held.get(ip, 0) < MAX_HELD:  # tarpit: a flooding loop waits instead of spinning on 429s
+        if held.get(ip, 0) < MAX_HELD and sum(held.values()) < MAX_HELD_TOTAL:  # tarpit: the loop waits
             held[ip] = held.get(ip, 0) + 1
             try:
-                await asyncio.sleep(min(wait, MAX_HOLD_SECONDS))
+                await asyncio.sleep(HOLD_SECONDS)
             finally:
                 held[ip] -= 1
                 if not held[ip]:
