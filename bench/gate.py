@@ -8,10 +8,11 @@ It starts its own slapd, proxy and hub on free loopback ports (tests/harness.py)
 demo-cardio, and removes all of it afterwards. Then, in the same run:
 
 1. baseline: the median latency of bob's hub API calls (``GET /hub/api/users/bob`` through the proxy, his
-   browser session), ``--samples`` sequential calls, nothing else running;
-2. under flood: ``--threads`` threads in alice's container send requests for ``--seconds``, each as fast
-   as the gate answers, to an allowed gate route (``GET /hub/api/user`` with its server token), while bob's calls are timed
-   again;
+   browser session), timed back to back while alice's container is quiet;
+2. under flood: the same while ``--threads`` threads in alice's container send requests, each as fast as
+   the gate answers, to an allowed gate route (``GET /hub/api/user`` with its server token). Quiet and
+   flood phases alternate (``--rounds``, ``--seconds`` of flood in all), so that load from elsewhere on
+   the machine falls on both;
 3. the ratio under flood / baseline (target <= 2), the flood's rate and answers (200 passed to the hub,
    429 throttled at the gate), and how many audit records the flood left (aggregated).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -80,20 +82,31 @@ def run(directory: Directory, args: argparse.Namespace, env: dict, label: str) -
         alice.spawn("demo-cardio", timeout=300)
         for _ in range(5):
             timed_call(bob)  # warm-up
-        baseline = [timed_call(bob) for _ in range(args.samples)]
         container = hub.container("alice", "demo-cardio")
-        result: dict = {}
-        cmd = ["/opt/notebook/bin/python", "-c", FLOOD, str(args.threads), str(args.seconds)]
-        flood = threading.Thread(target=lambda: result.update(out=docker_exec(container, cmd, timeout=600)))
-        flood.start()
-        time.sleep(1)
-        during = []
-        while flood.is_alive():
-            during.append(timed_call(bob))
-        flood.join()
-        code, out = result["out"]
-        assert code == 0, out
-        summary = json.loads(out.strip().splitlines()[-1])
+        cmd = ["/opt/notebook/bin/python", "-c", FLOOD, str(args.threads), str(args.seconds / args.rounds)]
+        baseline: list[float] = []
+        during: list[float] = []
+        floods = []
+        # Quiet and flood phases alternate, so that the load of whatever else runs on the machine falls on
+        # both alike; bob's calls are timed back to back in each phase.
+        for _ in range(args.rounds):
+            quiet_until = time.monotonic() + args.seconds / args.rounds
+            while time.monotonic() < quiet_until:
+                baseline.append(timed_call(bob))
+            result: dict = {}
+            flood = threading.Thread(target=lambda r=result: r.update(out=docker_exec(container, cmd, timeout=600)))
+            flood.start()
+            time.sleep(0.5)
+            while flood.is_alive():
+                during.append(timed_call(bob))
+            flood.join()
+            code, out = result["out"]
+            assert code == 0, out
+            floods.append(json.loads(out.strip().splitlines()[-1]))
+        summary = {"counts": {}, "seconds": sum(f["seconds"] for f in floods)}
+        for f in floods:
+            for k, v in f["counts"].items():
+                summary["counts"][k] = summary["counts"].get(k, 0) + v
         time.sleep(float(env.get("ENCLAVE_AUDIT_REFUSAL_WINDOW", 5)) + 6)  # the last window's summary
         records = list(AuditLog.open(hub.state).records(action="gate.throttled"))
         return report(label, baseline, during, summary, records)
@@ -107,7 +120,7 @@ def report(label: str, baseline: list[float], during: list[float], flood: dict, 
     counts = flood["counts"]
     total = sum(counts.values())
     counted = sum(r["details"].get("repeated", 0) if r["details"].get("aggregated") else 1 for r in records)
-    print(f"\n== {label}")
+    print(f"\n== {label}  (load average {os.getloadavg()[0]:.1f})")
     print(f"bob's hub API median, baseline:    {base * 1000:7.1f} ms  ({len(baseline)} calls)")
     print(f"bob's hub API median, under flood: {under * 1000:7.1f} ms  ({len(during)} calls)")
     print(f"ratio:                             {under / base:7.2f}   (target <= {RATIO_TARGET})")
@@ -119,9 +132,9 @@ def report(label: str, baseline: list[float], during: list[float], flood: dict, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=100, help="bob's baseline calls")
     parser.add_argument("--threads", type=int, default=32, help="flooding threads in alice's container")
-    parser.add_argument("--seconds", type=float, default=30, help="how long the flood lasts")
+    parser.add_argument("--seconds", type=float, default=30, help="how long the flood lasts in all")
+    parser.add_argument("--rounds", type=int, default=6, help="quiet and flood phases, alternating")
     parser.add_argument("--also-unlimited", action="store_true", help="run again with the limit lifted")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="enclave-bench-ldap-", dir="/var/tmp"))
