@@ -157,36 +157,43 @@ def median_latency(client: HubClient, n: int) -> float:
 
 
 def test_a_gate_flood_is_throttled_counted_and_does_not_slow_others(gate_hub):
-    """Alice's container hammers an allowed route. Bob's hub API stays responsive, the hub sees only
-    the rate limit's worth, and the trail holds a handful of records whose counts add up to every 429."""
+    """Alice's container hammers an allowed route with more threads than the gate holds back. Bob's hub API
+    stays responsive, the hub sees only the rate limit's worth, and the trail holds a handful of records
+    whose counts add up to every 429. Quiet and flood phases alternate so that load from elsewhere on this
+    shared machine falls on both medians alike."""
     hub, _ = gate_hub
     bob = HubClient(hub, "bob")
     assert bob.login().status_code == 302
-    baseline = median_latency(bob, 40)
+    median_latency(bob, 5)  # warm-up
     before = len(trail(hub, action="gate.throttled"))
-    result: dict = {}
-    cmd = ["/opt/notebook/bin/python", "-c", FLOOD, "/hub/api/user", "32", "20"]
-    flood = threading.Thread(target=lambda: result.update(out=docker_exec(container(hub), cmd, timeout=150)))
-    flood.start()
-    time.sleep(1)  # the flood is under way
-    during = []
-    while flood.is_alive() and len(during) < 400:
-        during.append(median_latency(bob, 1))
-    flood.join(200)
-    code, out = result["out"]
-    assert code == 0, out
-    counts = json.loads(out.strip().splitlines()[-1])
+    cmd = ["/opt/notebook/bin/python", "-c", FLOOD, "/hub/api/user", "300", "5"]
+    quiet, during, counts = [], [], {}
+    for _ in range(4):  # 20 s of flood in all
+        until = time.monotonic() + 5
+        while time.monotonic() < until:
+            quiet.append(median_latency(bob, 1))
+        result: dict = {}
+        flood = threading.Thread(target=lambda r=result: r.update(out=docker_exec(container(hub), cmd, timeout=120)))
+        flood.start()
+        time.sleep(0.5)
+        while flood.is_alive():
+            during.append(median_latency(bob, 1))
+        flood.join(150)
+        code, out = result["out"]
+        assert code == 0, out
+        for status, n in json.loads(out.strip().splitlines()[-1]).items():
+            counts[status] = counts.get(status, 0) + n
     passed, throttled = counts.get("200", 0), counts.get("429", 0)
     assert throttled > 1000 and passed + throttled == sum(counts.values()), counts
-    assert passed <= 20 + 5 * 20 + 5, f"the bucket let {passed} through in 20 s"
-    assert len(during) >= 10, "bob was measured while the flood ran"
-    median = statistics.median(during)
-    assert median <= max(2 * baseline, baseline + 0.05), f"bob's median {median:.3f}s vs {baseline:.3f}s before"
+    assert passed <= 4 * (20 + 5 * 5) + 5, f"the bucket let {passed} through in 4 x 5 s"
+    assert len(during) >= 20, "bob was measured while the flood ran"
+    baseline, median = statistics.median(quiet), statistics.median(during)
+    assert median <= 2 * baseline, f"bob's median {median:.3f}s under flood vs {baseline:.3f}s quiet"
     records = wait_for_records(
         hub, "the flood's summaries", lambda rs: counted(rs[before:]) >= throttled, action="gate.throttled")
     mine = records[before:]
     assert counted(mine) == throttled, "every refusal is counted, none twice"
-    assert len(mine) <= 2 * (20 // WINDOW + 2), f"{len(mine)} records for one flood (a full one and a count per window)"
+    assert len(mine) <= 2 * (40 // WINDOW + 2), f"{len(mine)} records for one flood (a full one and a count per window)"
     assert {(r["actor"], r["target"]) for r in mine} == {("alice", f"alice/{CARDIO}")}
 
 
@@ -328,10 +335,11 @@ def test_forms_without_xsrf_are_on_the_trail(gate_hub):
     form = alice.session.post(f"{hub.url}/services/exports/requests/new", data={"project": CARDIO},
                               timeout=30, allow_redirects=False)
     assert form.status_code == 403, form.status_code
-    refused = wait_for_records(
-        hub, "the forms without _xsrf", lambda rs: {"hub", "exports"} <= {
-            r["details"]["route"].split(" ")[0] if r["details"]["route"].startswith("exports") else "hub"
-            for r in rs}, action="hub.refused")
+    def both(records):
+        routes = [r["details"]["route"] for r in records if r["details"]["reason"] == "xsrf_missing"]
+        return any(x.startswith("exports POST") for x in routes) and any(x.startswith("POST /hub/login") for x in routes)
+
+    refused = wait_for_records(hub, "the forms without _xsrf", both, action="hub.refused")
     exports = next(r for r in refused if r["details"]["route"].startswith("exports"))
     assert exports["actor"] == "alice" and exports["details"]["reason"] == "xsrf_missing"
     hub_form = next(r for r in refused if r["details"]["route"].startswith("POST /hub/login"))
