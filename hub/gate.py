@@ -241,6 +241,7 @@ class TokenDirectory:
         self.ttl = ttl
         self._last_by_address: OrderedDict[str, tuple[float, Requester]] = OrderedDict()
         self._asked: dict[str, float] = {}
+        self._inflight: dict[str, asyncio.Future] = {}
 
     async def lookup(self, token: str) -> dict | None:
         try:
@@ -254,15 +255,25 @@ class TokenDirectory:
         token = presented_token(headers)
         if token is None:
             return by_address(ip, "source address: no token was presented")
-        if not may_ask_hub:  # throttled: a flood may ask the hub at most once per address and ttl
-            expires, known = self._last_by_address.get(ip, (0.0, None))
-            if known is not None and expires > time.monotonic():  # addresses are reused by new containers
-                return known
+        if may_ask_hub:
+            return await self._identify(token, ip)
+        # Throttled: a flood may ask the hub at most once per address and ttl, and the requests that arrive
+        # while that one question is out wait for its answer rather than being recorded by address.
+        expires, known = self._last_by_address.get(ip, (0.0, None))
+        if known is not None and expires > time.monotonic():  # addresses are reused by new containers
+            return known
+        pending = self._inflight.get(ip)
+        if pending is None:
             if time.monotonic() - self._asked.get(ip, -math.inf) < self.ttl:
-                return by_address(ip, "source address: throttled before its token was identified")
+                return by_address(ip, "source address: throttled, its token was not identified")
             self._asked[ip] = time.monotonic()
             while len(self._asked) > 4096:
                 self._asked.pop(next(iter(self._asked)))
+            pending = self._inflight[ip] = asyncio.ensure_future(self._identify(token, ip))
+            pending.add_done_callback(lambda _: self._inflight.pop(ip, None))
+        return await asyncio.shield(pending)
+
+    async def _identify(self, token: str, ip: str) -> Requester:
         model = await self.lookup(token)
         if model is None:
             return by_address(ip, "source address: the presented token is not valid")

@@ -275,3 +275,30 @@ def test_the_hub_refusals_that_go_on_the_trail():
     own = FakeHandler("POST", "/hub/api/users/adam/servers/x", 403, adam, headers=auth)
     assert refused_attempt(own) is None, "one's own server is not someone else's"
     assert refused_attempt(FakeHandler("POST", "/hub/api/users/alice/tokens", 201, adam, headers=auth)) is None
+
+
+def test_a_throttled_flood_asks_the_hub_once_and_every_record_names_the_tokens_user():
+    import asyncio
+
+    from hub.gate import TokenDirectory
+
+    directory = TokenDirectory("http://127.0.0.1:1/hub/api", "service-token", ttl=30)
+    asked = []
+
+    async def lookup(token):
+        asked.append(token)
+        await asyncio.sleep(0.05)
+        return {"kind": "user", "name": "alice", "scopes": ["access:servers!server=alice/demo-cardio"]}
+
+    directory.lookup = lookup
+
+    async def flood():
+        headers = {"Authorization": "token t"}
+        return await asyncio.gather(*(directory.requester(headers, "10.1.0.2", may_ask_hub=False)
+                                      for _ in range(50)))
+
+    found = asyncio.run(flood())
+    assert len(asked) == 1
+    assert {(w.actor, w.server) for w in found} == {("alice", "alice/demo-cardio")}
+    no_token = asyncio.run(directory.requester({}, "10.1.0.2"))
+    assert no_token.actor == "address:10.1.0.2" and "no token" in no_token.how
