@@ -149,20 +149,26 @@ def read_kmsg(handle, path: str = KMSG, stop: threading.Event | None = None) -> 
                     continue
                 raise
             drop = parse(record.decode(errors="replace"))
-            if drop is not None:
+            if drop is None:
+                continue
+            try:
                 handle(drop)
+            except Exception:  # e.g. the engine is unreachable: this record is lost, the reader goes on
+                log.exception("netlog: could not summarize a drop from %s", drop.src)
     finally:
         os.close(fd)
 
 
 def run(summarizer: DropSummarizer, path: str = KMSG, stop: threading.Event | None = None) -> None:
     """Read forever; an error pauses and starts the reader again instead of ending the summary."""
+    pause = 5.0
     while stop is None or not stop.is_set():
         try:
             read_kmsg(summarizer.handle, path, stop)
         except Exception:  # keep summarizing: the trail must not silently stop
-            log.exception("netlog: reading %s failed; starting again in 5 s", path)
-            time.sleep(5)
+            log.exception("netlog: reading %s failed; starting again in %.0f s", path, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 300)  # a lasting failure (no permission) is logged, not spammed
 
 
 def start(network_prefix: str, refusals: RefusalAggregator) -> threading.Thread:
