@@ -387,3 +387,39 @@ def test_firewall_drops_become_network_refused_records_with_counts(gate_hub):
     assert forward[0]["details"]["destination"] == "192.0.2.1:80/tcp"
     assert any(r["details"].get("aggregated") and r["details"]["repeated"] >= 2 for r in records), (
         "repeats are counted, not written one by one")
+
+
+POISON = """
+import json, os, urllib.request, urllib.error
+url = os.environ["ENCLAVE_EXPORT_URL"] + "api/v1/sidedoor"
+codes = {}
+for i in range(200):
+    body = {"route": "GET /user/alice/demo-cardio/files/" + "\\u202e\\n\\x1b[2J" * 50 + str(i), "path": "A" * 100000}
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"],
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            codes[r.status] = codes.get(r.status, 0) + 1
+    except urllib.error.HTTPError as e:
+        codes[e.code] = codes.get(e.code, 0) + 1
+print(json.dumps(codes))
+"""
+
+
+def test_a_flood_of_poisoned_side_door_reports_is_counted_clipped_and_escaped(gate_hub):
+    """The attacker's own reports, 200 of them with control characters and 100 kB of text: the trail gets
+    one full record and a count, the text clipped and escaped, and the actor is still alice."""
+    hub, _ = gate_hub
+    before = len(trail(hub, action="sidedoor.refused", actor="alice"))
+    code, out = docker_exec(container(hub), ["/opt/notebook/bin/python", "-c", POISON], timeout=120)
+    assert code == 0 and json.loads(out.strip().splitlines()[-1]) == {"201": 200}, out
+    records = wait_for_records(hub, "the reports' summary", lambda rs: counted(rs[before:]) >= 200,
+                               action="sidedoor.refused", actor="alice")
+    mine = records[before:]
+    assert counted(mine) == 200 and len(mine) <= 2 * (60 // WINDOW + 2)
+    for record in mine:
+        text = json.dumps(record["details"], ensure_ascii=False)
+        assert "\u202e" not in text and "\x1b" not in text and "\n" not in record["details"]["route"]
+        assert len(record["details"]["route"]) <= 220 and len(record["details"]["path"]) <= 220
+        assert record["target"] == f"alice/{CARDIO}"
