@@ -161,6 +161,38 @@ ACTIONS: Mapping[str, ActionSpec] = _table(
         details=("segment", "offset", "continued_from"),
         outcomes=frozenset({"error"}),
     ),
+    # Gate, hub and network refusals (issue 11, gate: hub/gate.py, hub/netlog.py, hub/audit_hooks.py).
+    # All written through audit.aggregate.RefusalAggregator: details.repeated counts the repeats of a window.
+    ActionSpec(
+        "gate.throttled",
+        "A container sent more hub requests than its server's rate limit at the gate and got 429. "
+        "actor and target are the user and server the token belongs to; details.route the first request.",
+        details=("route",),
+        outcomes=frozenset({"denied"}),
+    ),
+    ActionSpec(
+        "gate.activity",
+        "An activity report at the gate was refused (reason malformed) or carried timestamps in the "
+        "future, which were set to now before the hub saw them (reason future_timestamp).",
+        details=("route",),
+        outcomes=frozenset({"denied"}),
+    ),
+    ActionSpec(
+        "hub.refused",
+        "The hub (or the export service) refused a request worth an auditor's attention: an administrator "
+        "opening, starting or minting a token for someone else's server, or a form posted without _xsrf. "
+        "details.route says which; details.status the hub's answer.",
+        details=("route",),
+        outcomes=frozenset({"denied"}),
+    ),
+    ActionSpec(
+        "network.refused",
+        "The host firewall refused packets from an enclave container (reason to-host or forward). "
+        "details.destination is the first one of the window; details.repeated counts the rest (logged "
+        "packets, rate limited per container: a lower bound).",
+        details=("destination",),
+        outcomes=frozenset({"denied"}),
+    ),
 )
 
 

@@ -20,12 +20,11 @@ import functools
 import json
 import logging
 import os
-import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import jinja2
 from jupyterhub._xsrf_utils import _needs_check_xsrf
@@ -33,7 +32,7 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuth
 from tornado import web
 from traitlets import Unicode, default
 
-from exports import inputs, preview
+from exports import inputs, preview, trail
 from exports.domain import (
     UNDER_REVIEW_STATES,
     BadRequest,
@@ -49,7 +48,6 @@ from exports.storage import RequestQuery
 from exports.store import StoreCorrupted
 from exports.views import request_view, summary_view
 from exports.workflow import ExportWorkflow
-from hub.runtime import audit_log
 
 log = logging.getLogger("exports.web")
 HERE = Path(__file__).parent
@@ -321,6 +319,8 @@ def list_query(handler: BaseHandler, identity: Identity, scope: str | None) -> R
     try:
         check_can_see_queue(identity)
     except ExportError as exc:
+        if identity.in_container:  # a notebook asking for other projects' requests: on the trail
+            trail.refusals().refuse(**trail.queue_from_container(identity))
         raise _to_http(exc) from None
     return RequestQuery(
         statuses or tuple(UNDER_REVIEW_STATES),
@@ -462,11 +462,16 @@ class FileContentAPI(APIHandler):
 
     async def get(self, request_id: str, file_id: str) -> None:
         identity = self.require()
-        requested, data = await self.run(self.workflow.file_content, identity, request_id, int(file_id))
-        if requested.filetype != "png":
+        request = await self.run(self.workflow.get, identity, request_id)
+        wanted = request.file_by_id(int(file_id))
+        if wanted is not None and wanted.filetype != "png":  # refused before file_content records a view
+            await trail.record(
+                self.settings["executor"], **trail.raw_content_refused(identity, request.project, request_id, file_id)
+            )
             raise ExportHTTPError(
                 404, "not_found", f"file {file_id}: only images are served raw; see the request page"
             )
+        requested, data = await self.run(self.workflow.file_content, identity, request_id, int(file_id))
         self.set_header("Content-Type", "image/png")
         self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
         self.set_header("Content-Disposition", _disposition("inline", requested.name))
@@ -506,36 +511,19 @@ def _disposition(kind: str, filename: str) -> str:
 
 
 class SideDoorAPI(APIHandler):
-    """A notebook server reports a refused way out (a download route, an oversized upload).
+    """A notebook server reports a refused way out (a download route in any spelling, terminals where the
+    project has none, an oversized upload).
 
     The route is closed in the container whatever happens here; this only puts the attempt on the audit
-    trail, under the identity the hub gives the server's token. Reports are rate-limited per server so a
-    hostile notebook cannot flood the trail."""
-
-    LIMIT_PER_MINUTE = 30
-    _recent: ClassVar[dict[str, list[float]]] = {}
+    trail, under the identity the hub gives the server's token. Repeats from one server are counted into
+    one record per kind and window (exports/trail.py), so a hostile notebook cannot flood the trail."""
 
     async def post(self) -> None:
         identity = self.require()
         if not identity.in_container:
             raise ExportHTTPError(403, "not_container", "only a notebook server's own token reports side doors")
-        body = self.body()
-        route = str(body.get("route", ""))[:200] or "unknown"
-        key = f"{identity.name}/{identity.project}"
-        now = time.monotonic()
-        recent = [t for t in self._recent.get(key, []) if now - t < 60]
-        if len(recent) >= self.LIMIT_PER_MINUTE:
-            raise ExportHTTPError(429, "rate_limited", "too many side-door reports from this server")
-        self._recent[key] = [*recent, now]
-        record = functools.partial(
-            audit_log(os.environ.get("ENCLAVE_STATE_DIR", "/var/lib/enclave")).append,
-            actor=identity.name, action="sidedoor.refused", project=identity.project,
-            target=f"{identity.name}/{identity.project}", outcome="denied",
-            details={"route": route, "path": str(body.get("path", ""))[:500],
-                     "reason": "no way out but the export queue"},
-        )
-        await asyncio.get_running_loop().run_in_executor(self.settings["executor"], record)
-        self.send({"recorded": True}, status=201)
+        written = await trail.record(self.settings["executor"], **trail.sidedoor(identity, self.body()))
+        self.send({"recorded": True, "aggregated": not written}, status=201)
 
 
 class PageHandler(BaseHandler):

@@ -33,6 +33,10 @@ FORWARD_CHAIN = "DOCKER-USER"
 # admin-prohibited rather than a silent drop: the refusal is immediate and unambiguous in logs and tests.
 REJECT = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
 TOOLS = ("iptables", "ip6tables")
+# Logging of refused packets, per source address (hashlimit): enough to see every probe of a scan's
+# first seconds, too little for a flood to fill the kernel log.
+LOG_RATE = "5/sec"
+LOG_BURST = "10"
 # Several processes change these chains (each hub's spawner, hub start, test teardown): iptables -w only
 # serialises single commands, and replacing a rule set takes several.
 # In /run, which only root can write: a lock file in world-writable /run/lock could be held by anyone.
@@ -111,21 +115,32 @@ def parse_listing(text: str) -> list[Rule]:
     return [Rule.parse(line) for line in text.splitlines() if line.startswith("-A ")]
 
 
+def log_rule(chain: str, bridge: str, kind: str, *match: str) -> list[str]:
+    """LOG what is about to be rejected, at most LOG_RATE per source address (so a flood cannot flood
+    the kernel log); hub/netlog.py summarizes these lines onto the audit trail."""
+    return [chain, "-i", bridge, *match, "-m", "hashlimit", "--hashlimit-upto", LOG_RATE, "--hashlimit-burst",
+            LOG_BURST, "--hashlimit-mode", "srcip", "--hashlimit-name", f"enclave-{kind}",
+            "-j", "LOG", "--log-prefix", f"enclave-refused-{kind}:"]
+
+
 def bridge_rules(bridge: str, allowed_ports: Iterable[int]) -> list[list[str]]:
-    """The INPUT rules for one bridge, in order: replies, allowed ports, then reject the rest."""
+    """The INPUT rules for one bridge, in order: replies, allowed ports, then log and reject the rest."""
     rules = [[CHAIN, "-i", bridge, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]]
     for port in sorted(set(allowed_ports)):
         rules.append([CHAIN, "-i", bridge, "-p", "tcp", "--dport", str(port), "-j", "ACCEPT"])
+    rules.append(log_rule(CHAIN, bridge, "host"))
     rules.append([CHAIN, "-i", bridge, *REJECT])
     return rules
 
 
 def forward_rules(bridge: str) -> list[list[str]]:
     """DOCKER-USER: nothing is forwarded into or out of an enclave bridge (defence in depth on top of
-    Docker's own isolation of internal networks)."""
+    Docker's own isolation of internal networks). Each is inserted at the top in this order, so the
+    LOG of outgoing packets, last here, ends up first."""
     return [
         [FORWARD_CHAIN, "-i", bridge, "!", "-o", bridge, *REJECT],
         [FORWARD_CHAIN, "!", "-i", bridge, "-o", bridge, *REJECT],
+        log_rule(FORWARD_CHAIN, bridge, "fwd", "!", "-o", bridge),
     ]
 
 
@@ -227,7 +242,7 @@ def remove_bridge(bridge: str) -> None:
                     if line.startswith("-A ") and (
                         f"-i {bridge} " in line + " " or f"-o {bridge} " in line + " "
                     ):
-                        _run(tool, "-D", *line.split()[1:], check=False)
+                        _run(tool, "-D", *shlex.split(line)[1:], check=False)  # LOG prefixes are quoted
 
 
 def network_bridge(network_attrs: Mapping) -> str:

@@ -155,7 +155,9 @@ c.JupyterHub.services = [
             "ENCLAVE_STATE_DIR": str(paths.state_dir),
             "ENCLAVE_GATE_BIND": f"0.0.0.0:{site.hub_port}",
             "ENCLAVE_HUB_UPSTREAM": f"http://127.0.0.1:{site.hub_internal_port}",
-            **{k: v for k, v in os.environ.items() if k.startswith("ENCLAVE_AUDIT_")},
+            # Its firewall-drop summarizer (hub/netlog.py) reads only this installation's bridges.
+            "ENCLAVE_NETWORK_PREFIX": site.network_prefix,
+            **{k: v for k, v in os.environ.items() if k.startswith(("ENCLAVE_AUDIT_", "ENCLAVE_GATE_"))},
         },
     },
     {

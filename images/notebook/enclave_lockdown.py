@@ -1,12 +1,17 @@
 """Jupyter server extension that closes the side doors of a notebook server in the enclave.
 
-Download routes (/files, /view, /nbconvert) answer 403 and the attempt is logged and reported to the
-audit trail through the export service (the only hub-side endpoint a container may call besides the
-hub API). Uploads are capped in total, including JupyterLab's chunked uploads.
+Download routes (/files, /view, /nbconvert) -- in every case and percent-encoding spelling, e.g.
+``/FILES`` or ``/%66iles`` -- and, where the project has no terminals, the terminal routes answer 403;
+the attempt is logged and reported to the audit trail through the export service (the only hub-side
+endpoint a container may call besides the hub API). Uploads are capped in total, including JupyterLab's
+chunked uploads.
 """
 
 import json
 import os
+import posixpath
+import re
+import urllib.parse
 import urllib.request
 
 from jupyter_server.base.handlers import JupyterHandler
@@ -14,6 +19,7 @@ from jupyter_server.services.contents.largefilemanager import LargeFileManager
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.ioloop import IOLoop
+from tornado.routing import Matcher, Rule
 from traitlets import Integer
 
 REFUSAL = "This enclave has no download route. Results leave only through an export request (enclave-export)."
@@ -88,14 +94,43 @@ class CappedContentsManager(LargeFileManager):
         return super().save(model, path)
 
 
+DOWNLOAD_ROUTES = re.compile(r"^(files|view|nbconvert)(/|$)|^api/nbconvert")
+TERMINAL_ROUTES = re.compile(r"^(terminals|api/terminals)(/|$)")
+
+
+def normalized(path: str) -> str:
+    """The path as a server that forgave case and encoding would read it: ``/%2566iles`` -> ``/files``."""
+    for _ in range(3):
+        path = urllib.parse.unquote(path)
+    return posixpath.normpath("/" + path.lower()).rstrip("/") + ("/" if path.endswith("/") else "")
+
+
+class SideDoorMatcher(Matcher):
+    """Matches every spelling of a closed route under the server's base URL; the router asks it before
+    the server's own (case-sensitive) routes."""
+
+    def __init__(self, base_url: str, terminals: bool):
+        self.base = normalized(base_url).rstrip("/") + "/"
+        self.terminals = terminals
+
+    def match(self, request):
+        path = normalized(request.path)
+        if not path.startswith(self.base):
+            return None
+        rest = path[len(self.base):]
+        if DOWNLOAD_ROUTES.match(rest) or (not self.terminals and TERMINAL_ROUTES.match(rest)):
+            return {"path_args": [], "path_kwargs": {}}
+        return None
+
+
 def _jupyter_server_extension_points():
     return [{"module": "enclave_lockdown"}]
 
 
 def _load_jupyter_server_extension(serverapp):
     base = serverapp.web_app.settings["base_url"]
-    routes = [r"files/.*", r"view/.*", r"nbconvert/.*", r"nbconvert", r"api/nbconvert.*"]
+    terminals = bool(getattr(serverapp, "terminals_enabled", False))
     # add_handlers puts these ahead of the server's own routes (tornado's default router is searched first)
-    serverapp.web_app.add_handlers(".*$", [(url_path_join(base, r), RefusedHandler) for r in routes])
-    serverapp.log.info("enclave_lockdown: download routes closed, uploads capped at %d bytes",
-                       serverapp.contents_manager.upload_cap_bytes)
+    serverapp.web_app.add_handlers(".*$", [Rule(SideDoorMatcher(base, terminals), RefusedHandler)])
+    serverapp.log.info("enclave_lockdown: download routes closed%s, uploads capped at %d bytes",
+                       "" if terminals else ", terminals closed", serverapp.contents_manager.upload_cap_bytes)

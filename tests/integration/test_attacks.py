@@ -842,10 +842,11 @@ def test_chunked_upload_is_capped_in_total(enclave, workspace_files):
 
 
 def test_terminals_follow_the_project_policy(enclave):
-    """demo-cardio has terminals: false, so the route does not exist; demo-oncology's copy allowed them when
-    bob's server started (see the enclave fixture). Control: ENCLAVE_TERMINALS from the spawner."""
+    """demo-cardio has terminals: false, so the route is refused (403 from the lockdown, on the trail);
+    demo-oncology's copy allowed them when bob's server started (see the enclave fixture). Control:
+    ENCLAVE_TERMINALS from the spawner, enclave_lockdown for the refusal."""
     response = enclave.as_alice().post(f"{enclave.server_url()}/api/terminals", timeout=30)
-    assert response.status_code == 404
+    assert response.status_code == 403 and REFUSAL in response.text, response.status_code
     assert "ENCLAVE_TERMINALS=0" in enclave.alice_container().attrs["Config"]["Env"]
     bob = requests.post(
         f"{enclave.server_url('bob', ONCOLOGY)}/api/terminals",
@@ -1083,7 +1084,7 @@ out([make_singleuser_app(ServerApp)().config_file_paths, jupyter_config_path()])
 
         response = workspace_files.get(f"{enclave.server_url()}/files/results.csv?download=1", timeout=30)
         assert_refused_side_door(enclave, response, "files/results.csv")
-        assert workspace_files.post(f"{enclave.server_url()}/api/terminals", timeout=30).status_code == 404
+        assert workspace_files.post(f"{enclave.server_url()}/api/terminals", timeout=30).status_code == 403
         lab = workspace_files.get(f"{enclave.server_url()}/lab", timeout=30)
         page = json.loads(
             re.search(

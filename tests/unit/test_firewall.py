@@ -3,6 +3,7 @@ is replaced, removal, and the checks ``enclave doctor`` runs on a listing."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -12,6 +13,7 @@ from hub.firewall import CHAIN, Rule, bridge_rules, posture_problems
 
 BRIDGE = "encaaaaaaaaaa"
 OTHER = "encbbbbbbbbbb"
+QUOTED_PREFIX = re.compile(r"--log-prefix (\S+)")
 
 
 class FakeIptables:
@@ -26,7 +28,9 @@ class FakeIptables:
 
     def listing(self, tool: str, chain: str) -> str:
         rules = self.chains[tool][chain]
-        return "\n".join([f"-N {chain}"] + [f"-A {r.text}" for r in rules]) + "\n"
+        # iptables prints a LOG prefix in double quotes: readers must not split the line naively
+        lines = ["-A " + QUOTED_PREFIX.sub(r'--log-prefix "\1"', r.text) for r in rules]
+        return "\n".join([f"-N {chain}", *lines]) + "\n"
 
     def __call__(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         self.log.append((tool, *args))
@@ -46,8 +50,10 @@ class FakeIptables:
         elif op == "-D":
             if len(rest) == 1 and rest[0].isdigit():
                 del chains[chain][int(rest[0]) - 1]
-            else:
+            elif Rule.parse([chain, *rest]) in chains[chain]:
                 chains[chain].remove(Rule.parse([chain, *rest]))
+            else:
+                code = 1  # iptables: "Bad rule (does a matching rule exist in that chain?)"
         if check and code:
             raise firewall.FirewallError(f"{tool} {' '.join(args)} failed")
         if op in self.MUTATING and self.after_each_change:
@@ -70,6 +76,8 @@ def verdict(fake: FakeIptables, bridge: str, port: int, state: str = "NEW") -> s
                 if r.ctstate and state not in r.ctstate:
                     continue
                 if r.dport is not None and r.dport != str(port):
+                    continue
+                if r.target == "LOG":  # logs and goes on to the next rule
                     continue
                 return r.target
     return "ACCEPT"
