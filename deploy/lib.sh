@@ -51,7 +51,11 @@ ensure_lxcfs() {
   if mountpoint -q "$LXCFS_DIR" && head -c1 "$LXCFS_DIR/proc/meminfo" >/dev/null 2>&1; then return 0; fi
   say "starting lxcfs on $LXCFS_DIR"
   # A dead lxcfs leaves its mount behind ("Transport endpoint is not connected"): clear it first.
-  mountpoint -q "$LXCFS_DIR" && umount -l "$LXCFS_DIR"
+  # mountpoint(1) cannot stat a dead FUSE mount, so look for it in the mount table.
+  while awk -v d="$LXCFS_DIR" '$2 == d { found = 1 } END { exit !found }' /proc/self/mounts; do
+    umount -l "$LXCFS_DIR" 2>/dev/null || fusermount -uz "$LXCFS_DIR" 2>/dev/null \
+      || die "a dead lxcfs mount at $LXCFS_DIR cannot be removed (umount -l $LXCFS_DIR)"
+  done
   mkdir -p "$LXCFS_DIR"
   if [ -d /run/systemd/system ]; then
     mkdir -p /etc/systemd/system/lxcfs.service.d
