@@ -185,12 +185,14 @@ if _stale:
 
 # ---- audit --------------------------------------------------------------------------------------
 # Logins, logouts and spawns are audited by the authenticator and the spawner; culls here.
-from hub.audit_hooks import audited_log_function
+from hub.audit_hooks import RequestContext, audited_log_function
 
 # ---- browser-facing headers and cookies (hub/headers.py) --------------------------------------------
 from hub.headers import browser_settings
 
 c.JupyterHub.tornado_settings = {
     "log_function": audited_log_function(str(paths.state_dir)),
+    # Lets the spawner see which request asked for a stop, so each stop is recorded once (hub/audit_hooks.py).
+    "transforms": [RequestContext],
     **browser_settings(site.public_url),
 }
