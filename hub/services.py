@@ -64,10 +64,29 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
         raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
 
 
+def stop_all() -> int:
+    """``python -m hub.services --stop-all``: after the hub is stopped (deploy/demo stop), stop any service of
+    this installation (ENCLAVE_STATE_DIR, ENCLAVE_POLICY_DIR) still running, and record each one."""
+    from hub import runtime
+    from hub.paths import EnclavePaths
+    from hub.policy import load_policy
+
+    paths = EnclavePaths.from_env()
+    site = load_policy(paths.policy_dir, paths.state_dir).site
+    stopped = clear_stale(str(paths.state_dir), site.hub_internal_port, hub_pid=-1,
+                          audit=runtime.audit_log(str(paths.state_dir)))
+    for service in stopped:
+        print(f"enclave: stopped {service.describe()}, left running without its hub", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--stop-all"]:
+        return stop_all()
     if len(args) < 3 or args[1] != "--" or args[0] not in SERVICE_NAMES:
-        print(f"usage: python -m hub.services {{{'|'.join(SERVICE_NAMES)}}} -- COMMAND...", file=sys.stderr)
+        print(f"usage: python -m hub.services {{{'|'.join(SERVICE_NAMES)}}} -- COMMAND...\n"
+              "       python -m hub.services --stop-all", file=sys.stderr)
         return 2
     name, command = args[0], args[2:]
     hub_pid = os.getppid()
