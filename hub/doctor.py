@@ -590,10 +590,14 @@ def _observe_services(paths: EnclavePaths, site: Site) -> dict[str, Any]:
             "exports": _http_problem(f"http://127.0.0.1:{site.exports_port}/services/exports/"),
             "enclave-gate": _http_problem(f"http://127.0.0.1:{site.hub_port}/hub/api/"),
         }
-    try:
-        free = shutil.disk_usage(paths.state_dir).free
-    except OSError:
-        free = None
+    # The trail may live on its own filesystem (a mount at STATE/audit): the fuller of the two counts.
+    frees = []
+    for where in (paths.state_dir, paths.audit_dir):
+        try:
+            frees.append(shutil.disk_usage(where).free)
+        except OSError:
+            continue
+    free = min(frees) if frees else None
     return {
         "hub_pid": hub_pid,
         "services": services,

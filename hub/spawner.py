@@ -259,6 +259,7 @@ class EnclaveSpawner(DockerSpawner):
         )
 
     async def start(self):
+        self.image_digest = ""  # set again once a container runs; a failed spawn leaves nothing to stop
         try:
             project = self.authorize()
             await self.check_engine()
@@ -387,9 +388,11 @@ class EnclaveSpawner(DockerSpawner):
     async def stop(self, now=False):
         digest = self.image_digest
         await super().stop(now=now)
-        self._stopped_digest = digest
+        self._stopped_digest, self.image_digest = digest, ""
         if stop_requested_here(self.user.name, self.name):
             return  # asked for over the API: hub/audit_hooks.py records it once, naming who asked
+        if not digest:
+            return  # the clean-up after a spawn that never ran a container: its server.spawn record says why
         # Stopped without a request (the hub shutting a server down): the server is gone, so the record
         # must not be lost either; on a full disk it goes to the spool.
         self.audit.append_or_spool(
