@@ -97,18 +97,15 @@ def gone(pids: list[int], timeout: float = 15) -> bool:
 
 def stop_demo_hub(h: Hub) -> None:
     """The hub deploy/demo started is not the harness's: stop its group, as ``deploy/demo stop`` does."""
-    pid_file = h.state / "hub" / "hub.pid"
-    if pid_file.exists():
+    for name in ("hub.pid", "audit-checkpoint.pid"):
+        pid_file = h.state / "hub" / name
         try:
-            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError):
-            pass
-    checkpoint = h.state / "hub" / "audit-checkpoint.pid"
-    if checkpoint.exists():
-        try:
-            os.killpg(int(checkpoint.read_text()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError):
-            pass
+            pid = int(pid_file.read_text())
+            os.killpg(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            continue
+        if not gone([pid], 30):
+            os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
