@@ -59,13 +59,17 @@ class RequestContext(web.OutputTransform):
         CURRENT_REQUEST.set(request)
 
 
-def stop_requested_here(user: str, server: str) -> bool:
-    """True if the request being served is a DELETE of this server: audit_request records that stop."""
+def stop_requested_here(user: str, server: str, image_digest: str = "") -> bool:
+    """True if the request being served is a DELETE of this server: audit_request records that stop, with
+    the digest of the image that ran (handed over on the request: JupyterHub drops the spawner after a stop)."""
     request = CURRENT_REQUEST.get()
     if request is None or request.method != "DELETE":
         return False
     match = SERVER_DELETE.match(request.path)
-    return bool(match) and match["user"] == user and match["server"] == server
+    if not match or match["user"] != user or match["server"] != server:
+        return False
+    request.enclave_stopped_digest = image_digest
+    return True
 
 
 class AuditUnavailable(web.HTTPError):
@@ -95,7 +99,8 @@ def audit_request(handler, state_dir: str) -> None:
         return  # not a stop
     user = handler.find_user(match["user"])
     spawner = user.spawners.get(match["server"]) if user is not None else None
-    digest = getattr(spawner, "image_digest", "") or getattr(spawner, "_stopped_digest", "") or "unknown"
+    digest = (getattr(request, "enclave_stopped_digest", "") or getattr(spawner, "image_digest", "")
+              or "unknown")
     target = f"{match['user']}/{match['server']}"
     log = runtime.audit_log(state_dir)
     if getattr(who, "kind", "") == "service" and who.name == CULLER:

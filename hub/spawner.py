@@ -388,8 +388,7 @@ class EnclaveSpawner(DockerSpawner):
     async def stop(self, now=False):
         digest = self.image_digest
         await super().stop(now=now)
-        self._stopped_digest, self.image_digest = digest, ""
-        if stop_requested_here(self.user.name, self.name):
+        if stop_requested_here(self.user.name, self.name, digest):
             return  # asked for over the API: hub/audit_hooks.py records it once, naming who asked
         if not digest:
             return  # the clean-up after a spawn that never ran a container: its server.spawn record says why
