@@ -111,6 +111,7 @@ class Observed:
     exports_oauth: str | None = "not checked"
     """Why the exports service's OAuth client credentials fail at the hub; None: the round trip works."""
     free_bytes: int | None = None  # free space on the state directory's filesystem
+    spool_problems: tuple[str, ...] = ()  # the audit spool missing, or holding records that wait for space
 
 
 # ---- checks (pure) ------------------------------------------------------------------------------------
@@ -387,7 +388,9 @@ def check_disk(obs: Observed) -> Check:
     if free_mib < floor:
         return Check("disk", True, f"{free_mib} MiB free under the state directory, below disk.min_free_mib "
                      f"({floor} MiB): on a full disk logins and spawns are refused and stops are spooled "
-                     "(docs/OPERATIONS.md)", warning=True)
+                     "(docs/OPERATIONS.md)" + "".join(f"; {p}" for p in obs.spool_problems), warning=True)
+    if obs.spool_problems:
+        return Check("disk", True, f"{free_mib} MiB free; " + "; ".join(obs.spool_problems), warning=True)
     return Check("disk", True, f"{free_mib} MiB free under the state directory (warning below {floor} MiB)")
 
 
@@ -598,6 +601,11 @@ def _observe_services(paths: EnclavePaths, site: Site) -> dict[str, Any]:
         except OSError:
             continue
     free = min(frees) if frees else None
+    spool: tuple[str, ...] = ()
+    if paths.audit_dir.is_dir():
+        from audit.log import AuditHealth
+
+        spool = tuple(p for p in AuditHealth.of(paths.audit_dir).problems(0) if "spool" in p or "spool.bin" in p)
     return {
         "hub_pid": hub_pid,
         "services": services,
@@ -605,6 +613,7 @@ def _observe_services(paths: EnclavePaths, site: Site) -> dict[str, Any]:
         "port_holders": _port_holders(site, services, hub_pid),
         "exports_oauth": _exports_oauth(site, services, hub_pid) if hub_pid is not None else "hub not running",
         "free_bytes": free,
+        "spool_problems": spool,
     }
 
 

@@ -97,3 +97,8 @@ def test_services_are_recognized_by_state_dir_or_hub_api(tmp_path):
 def test_the_wrapper_command_keeps_the_service_command():
     cmd = wrapped("exports", ["/usr/bin/python3", "-m", "exports.service"])
     assert cmd[1:5] == ["-m", "hub.services", "exports", "--"] and cmd[5:] == ["/usr/bin/python3", "-m", "exports.service"]
+
+
+def test_records_waiting_in_the_spool_are_a_warning():
+    check = by_name(sound(spool_problems=("/state/audit/spool.bin: 2 record(s) spooled wait for space",)))["disk"]
+    assert check.ok and check.warning and "2 record(s) spooled" in check.reason
