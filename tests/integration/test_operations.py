@@ -288,6 +288,9 @@ def test_on_a_full_disk_stops_are_spooled_logins_and_spawns_refused_clearly_the_
     [page] = wait_for(refused_login, 60, "a login to be refused on the full disk", interval=0.1)
     assert "cannot write its audit trail" in page.text and "tell the operator" in page.text
     written = len(trail(h))
+    # The gate's refusals stay refusals (their records are written off the request, and aggregated).
+    side_door = requests.get(f"http://127.0.0.1:{h.hub_port}/hub/admin", timeout=10)
+    assert side_door.status_code == 403, side_door.text
 
     # A stop takes access away: it happens, and its record goes to the spool.
     alice.stop("demo-cardio")
