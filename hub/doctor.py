@@ -328,8 +328,10 @@ def service_problems(obs: Observed) -> list[str]:
     for service in obs.services:
         if not is_current(service, obs.hub_pid):
             hub = "no hub runs" if obs.hub_pid is None else f"the running hub is pid {obs.hub_pid}"
-            problems.append(f"stale {service.describe()}: not started by the running hub ({hub}); "
-                            "deploy/demo (or restarting the hub) stops it")
+            problems.append(
+                f"stale {service.describe()}: not started by the running hub ({hub}); "
+                "deploy/demo (or restarting the hub) stops it"
+            )
     for port, holder in sorted(obs.port_holders.items()):
         problems.append(f"port {port} is held by {holder}, not by this hub's service")
     if obs.hub_pid is None:
@@ -353,21 +355,32 @@ def check_services(obs: Observed) -> Check:
     if problems:
         return Check("services", False, "; ".join(problems))
     if obs.hub_pid is None:
-        return Check("services", True, "the hub is not running (deploy/demo starts it); no service left behind",
-                     warning=True)
-    return Check("services", True, f"{', '.join(SERVICE_NAMES)} run under the hub (pid {obs.hub_pid}) and answer")
+        return Check(
+            "services",
+            True,
+            "the hub is not running (deploy/demo starts it); no service left behind",
+            warning=True,
+        )
+    return Check(
+        "services", True, f"{', '.join(SERVICE_NAMES)} run under the hub (pid {obs.hub_pid}) and answer"
+    )
 
 
 def check_enforcer(obs: Observed) -> Check:
     """Exactly one policy enforcer: two would both stop servers and both write the trail."""
     enforcers = [s for s in obs.services if s.name == ENFORCER]
     if len(enforcers) > 1:
-        return Check("enforcer", False, f"{len(enforcers)} policy enforcers run: "
-                     + ", ".join(s.describe() for s in enforcers))
+        return Check(
+            "enforcer",
+            False,
+            f"{len(enforcers)} policy enforcers run: " + ", ".join(s.describe() for s in enforcers),
+        )
     if not enforcers:
         if obs.hub_pid is None:
             return Check("enforcer", True, "not running (the hub is not running)", warning=True)
-        return Check("enforcer", False, "no policy enforcer runs: policy changes do not reach running servers")
+        return Check(
+            "enforcer", False, "no policy enforcer runs: policy changes do not reach running servers"
+        )
     return Check("enforcer", True, f"exactly one runs: {enforcers[0].describe()}")
 
 
@@ -386,9 +399,14 @@ def check_disk(obs: Observed) -> Check:
         return Check("disk", True, "not checked: the state directory does not exist", warning=True)
     free_mib, floor = obs.free_bytes // (1024 * 1024), obs.site.disk_min_free_mib
     if free_mib < floor:
-        return Check("disk", True, f"{free_mib} MiB free under the state directory, below disk.min_free_mib "
-                     f"({floor} MiB): on a full disk logins and spawns are refused and stops are spooled "
-                     "(docs/OPERATIONS.md)" + "".join(f"; {p}" for p in obs.spool_problems), warning=True)
+        return Check(
+            "disk",
+            True,
+            f"{free_mib} MiB free under the state directory, below disk.min_free_mib "
+            f"({floor} MiB): on a full disk logins and spawns are refused and stops are spooled "
+            "(docs/OPERATIONS.md)" + "".join(f"; {p}" for p in obs.spool_problems),
+            warning=True,
+        )
     if obs.spool_problems:
         return Check("disk", True, f"{free_mib} MiB free; " + "; ".join(obs.spool_problems), warning=True)
     return Check("disk", True, f"{free_mib} MiB free under the state directory (warning below {floor} MiB)")
@@ -568,10 +586,15 @@ def _exports_oauth(site: Site, services: tuple[ServiceProcess, ...], hub_pid: in
         return f"the hub refuses the service's API token ({exc})"
     if name != "exports":
         return f"the service's API token belongs to {name!r}, not to the exports service"
-    form = urllib.parse.urlencode({
-        "grant_type": "authorization_code", "code": "enclave-doctor-probe", "client_id": client,
-        "client_secret": token, "redirect_uri": env.get("JUPYTERHUB_OAUTH_CALLBACK_URL", ""),
-    }).encode()
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "authorization_code",
+            "code": "enclave-doctor-probe",
+            "client_id": client,
+            "client_secret": token,
+            "redirect_uri": env.get("JUPYTERHUB_OAUTH_CALLBACK_URL", ""),
+        }
+    ).encode()
     try:
         with urllib.request.urlopen(urllib.request.Request(f"{api}/oauth2/token", data=form), timeout=10):
             return "the hub's token endpoint accepted a made-up code"
@@ -605,13 +628,17 @@ def _observe_services(paths: EnclavePaths, site: Site) -> dict[str, Any]:
     if paths.audit_dir.is_dir():
         from audit.log import AuditHealth
 
-        spool = tuple(p for p in AuditHealth.of(paths.audit_dir).problems(0) if "spool" in p or "spool.bin" in p)
+        spool = tuple(
+            p for p in AuditHealth.of(paths.audit_dir).problems(0) if "spool" in p or "spool.bin" in p
+        )
     return {
         "hub_pid": hub_pid,
         "services": services,
         "service_answers": answers,
         "port_holders": _port_holders(site, services, hub_pid),
-        "exports_oauth": _exports_oauth(site, services, hub_pid) if hub_pid is not None else "hub not running",
+        "exports_oauth": _exports_oauth(site, services, hub_pid)
+        if hub_pid is not None
+        else "hub not running",
         "free_bytes": free,
         "spool_problems": spool,
     }

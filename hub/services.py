@@ -73,8 +73,12 @@ def stop_all() -> int:
 
     paths = EnclavePaths.from_env()
     site = load_policy(paths.policy_dir, paths.state_dir).site
-    stopped = clear_stale(str(paths.state_dir), site.hub_internal_port, hub_pid=-1,
-                          audit=runtime.audit_log(str(paths.state_dir)))
+    stopped = clear_stale(
+        str(paths.state_dir),
+        site.hub_internal_port,
+        hub_pid=-1,
+        audit=runtime.audit_log(str(paths.state_dir)),
+    )
     for service in stopped:
         print(f"enclave: stopped {service.describe()}, left running without its hub", file=sys.stderr)
     return 0
@@ -85,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--stop-all"]:
         return stop_all()
     if len(args) < 3 or args[1] != "--" or args[0] not in SERVICE_NAMES:
-        print(f"usage: python -m hub.services {{{'|'.join(SERVICE_NAMES)}}} -- COMMAND...\n"
-              "       python -m hub.services --stop-all", file=sys.stderr)
+        print(
+            f"usage: python -m hub.services {{{'|'.join(SERVICE_NAMES)}}} -- COMMAND...\n"
+            "       python -m hub.services --stop-all",
+            file=sys.stderr,
+        )
         return 2
     name, command = args[0], args[2:]
     hub_pid = os.getppid()
@@ -137,11 +144,16 @@ def find_services(state_dir: str, hub_internal_port: int) -> list[ServiceProcess
         if not belongs_to(env, state_dir, hub_internal_port):
             continue
         hub = env.get(HUB_PID_ENV)
-        found.append(ServiceProcess(
-            name=env[SERVICE_ENV], pid=proc.info["pid"], ppid=proc.info["ppid"] or 0,
-            hub_pid=int(hub) if hub and hub.isdigit() else None,
-            ports=_listening_ports(proc), cmdline=tuple(proc.info["cmdline"] or ()),
-        ))
+        found.append(
+            ServiceProcess(
+                name=env[SERVICE_ENV],
+                pid=proc.info["pid"],
+                ppid=proc.info["ppid"] or 0,
+                hub_pid=int(hub) if hub and hub.isdigit() else None,
+                ports=_listening_ports(proc),
+                cmdline=tuple(proc.info["cmdline"] or ()),
+            )
+        )
     return sorted(found, key=lambda s: (s.name, s.pid))
 
 
@@ -188,11 +200,18 @@ def clear_stale(state_dir: str, hub_internal_port: int, hub_pid: int, audit=None
         if audit is None:
             continue
         audit.append_or_spool(
-            actor="hub", action="service.stop", target=service.name,
-            details={"reason": "stale", "pid": service.pid, "ports": list(service.ports),
-                     "started_by_hub": service.hub_pid, "parent": service.ppid,
-                     "signal": "SIGKILL" if service.pid in killed else "SIGTERM",
-                     "seconds": round(time.monotonic() - started, 2)},
+            actor="hub",
+            action="service.stop",
+            target=service.name,
+            details={
+                "reason": "stale",
+                "pid": service.pid,
+                "ports": list(service.ports),
+                "started_by_hub": service.hub_pid,
+                "parent": service.ppid,
+                "signal": "SIGKILL" if service.pid in killed else "SIGTERM",
+                "seconds": round(time.monotonic() - started, 2),
+            },
         )
     return stale
 

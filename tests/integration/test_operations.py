@@ -42,13 +42,25 @@ def demo(h: Hub, *args: str, timeout: float = 180) -> subprocess.CompletedProces
     """``deploy/demo`` on this hub's state directory and ports: only its processes (the installation,
     directory and data exist already), so the real demo on this machine is not touched."""
     env = env_of(h, ENCLAVE_DEMO_PROCESSES_ONLY="1", ENCLAVE_NODE_PREFIX=str(Path(CHP).parents[2]))
-    return subprocess.run([str(REPO / "deploy/demo"), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [str(REPO / "deploy/demo"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def doctor(h: Hub) -> tuple[int, dict]:
-    proc = subprocess.run([ENCLAVE, "--state-dir", str(h.state), "--policy-dir", str(h.policy), "doctor", "--json"],
-                          env=env_of(h), capture_output=True, text=True, timeout=180, check=False)
+    proc = subprocess.run(
+        [ENCLAVE, "--state-dir", str(h.state), "--policy-dir", str(h.policy), "doctor", "--json"],
+        env=env_of(h),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     return proc.returncode, json.loads(proc.stdout)
 
 
@@ -63,10 +75,15 @@ def hub_pid(h: Hub) -> int:
 def services_of_running_hub(h: Hub) -> list:
     """All four managed services, children of the running hub, with exports and the gate listening."""
     pid = hub_pid(h)
-    found = [s for s in find_services(str(h.state), h.hub_internal_port) if s.ppid == pid and s.hub_pid == pid]
+    found = [
+        s for s in find_services(str(h.state), h.hub_internal_port) if s.ppid == pid and s.hub_pid == pid
+    ]
     names = {s.name for s in found}
     ports = {p for s in found for p in s.ports}
-    ok = names == {"exports", "enclave-gate", "enclave-policy", "idle-culler"} and {h.exports_port, h.hub_port} <= ports
+    ok = (
+        names == {"exports", "enclave-gate", "enclave-policy", "idle-culler"}
+        and {h.exports_port, h.hub_port} <= ports
+    )
     return found if ok else []
 
 
@@ -77,17 +94,27 @@ def queue_page(h: Hub, user: str = "carol") -> requests.Response:
 
 
 def trail(h: Hub) -> list[dict]:
-    return [json.loads(line) for p in sorted((h.state / "audit").glob("audit-*.jsonl")) for line in p.open("rb")]
+    return [
+        json.loads(line) for p in sorted((h.state / "audit").glob("audit-*.jsonl")) for line in p.open("rb")
+    ]
 
 
 def verify(h: Hub) -> subprocess.CompletedProcess:
-    return subprocess.run([ENCLAVE, "--state-dir", str(h.state), "audit", "verify"], env=env_of(h),
-                          capture_output=True, text=True, timeout=180, check=False)
+    return subprocess.run(
+        [ENCLAVE, "--state-dir", str(h.state), "audit", "verify"],
+        env=env_of(h),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 def gone(pids: list[int], timeout: float = 15) -> bool:
     def none_left():
-        return not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        return not [
+            p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
 
     try:
         return wait_for(none_left, timeout, "the old hub's processes to go")
@@ -127,7 +154,9 @@ def test_a_killed_hub_takes_its_services_and_deploy_demo_brings_the_enclave_back
     old_pids = [hub_pid(h), *(s.pid for s in old)]
     h.procs["hub"].send_signal(signal.SIGKILL)  # a crash: no cleanup code runs
     h.procs.pop("hub").wait(10)
-    assert gone(old_pids), f"processes of the killed hub remain: {[p for p in old_pids if psutil.pid_exists(p)]}"
+    assert gone(old_pids), (
+        f"processes of the killed hub remain: {[p for p in old_pids if psutil.pid_exists(p)]}"
+    )
 
     started = time.monotonic()
     result = demo(h)
@@ -151,10 +180,24 @@ def stale_exports_from(h: Hub) -> subprocess.Popen:
     os.killpg(int((h.state / "hub" / "hub.pid").read_text()), signal.SIGKILL)
     assert gone([current.pid]), "the exports service outlived its hub"
     (h.state / "hub" / "hub.pid").write_text("999999")  # the dead hub's pid file stays behind
-    stale = subprocess.Popen([PYTHON, "-m", "exports.service"], cwd=REPO, env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: requests.get(f"http://127.0.0.1:{h.exports_port}/services/exports/", timeout=2,
-                                  allow_redirects=False).status_code < 500, 30, "the stale exports service")
+    stale = subprocess.Popen(
+        [PYTHON, "-m", "exports.service"],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(
+        lambda: (
+            requests.get(
+                f"http://127.0.0.1:{h.exports_port}/services/exports/", timeout=2, allow_redirects=False
+            ).status_code
+            < 500
+        ),
+        30,
+        "the stale exports service",
+    )
     return stale
 
 
@@ -183,7 +226,9 @@ def test_a_stale_exports_service_is_named_by_the_doctor_and_cleared_by_deploy_de
         wait_for(lambda: services_of_running_hub(h), 30, "the new hub's services")
         code, report = doctor(h)
         after = checks(report)
-        assert all(after[n]["ok"] and not after[n]["warning"] for n in ("services", "enforcer", "oauth")), report
+        assert all(after[n]["ok"] and not after[n]["warning"] for n in ("services", "enforcer", "oauth")), (
+            report
+        )
         assert verify(h).returncode == 0
     finally:
         if stale.poll() is None:
@@ -198,16 +243,25 @@ def test_an_exports_restart_mid_request_answers_with_a_page_that_says_what_may_b
     carol = HubClient(h, "carol")
     assert carol.login().status_code == 302
     assert carol.session.get(f"{h.url}/services/exports/queue", timeout=30).status_code == 200
-    exports = next(s for s in wait_for(lambda: services_of_running_hub(h), 30, "services") if s.name == "exports")
+    exports = next(
+        s for s in wait_for(lambda: services_of_running_hub(h), 30, "services") if s.name == "exports"
+    )
     os.kill(exports.pid, signal.SIGKILL)  # the service dies mid-request; the hub restarts it
-    page = carol.session.post(f"{h.url}/services/exports/requests/x1/review", data={"verdict": "votes"},
-                              timeout=30, allow_redirects=False)
+    page = carol.session.post(
+        f"{h.url}/services/exports/requests/x1/review",
+        data={"verdict": "votes"},
+        timeout=30,
+        allow_redirects=False,
+    )
     assert page.status_code == 503
     assert "it may already have been saved" in page.text and "/services/exports/mine" in page.text
     assert "Submitting the same review again is safe" in page.text
     # ... and the hub brings the service back
-    wait_for(lambda: carol.session.get(f"{h.url}/services/exports/queue", timeout=10).status_code == 200, 90,
-             "the exports service to be restarted by the hub")
+    wait_for(
+        lambda: carol.session.get(f"{h.url}/services/exports/queue", timeout=10).status_code == 200,
+        90,
+        "the exports service to be restarted by the hub",
+    )
 
 
 def test_deploy_demo_stop_leaves_no_process_of_the_installation(installation):
@@ -225,7 +279,8 @@ def test_deploy_demo_stop_leaves_no_process_of_the_installation(installation):
 # ---- a real full disk ------------------------------------------------------------------------------------
 
 needs_loop = pytest.mark.skipif(
-    not shutil.which("mkfs.ext4") or not os.path.exists("/dev/loop-control"), reason="needs mkfs.ext4 and loop devices"
+    not shutil.which("mkfs.ext4") or not os.path.exists("/dev/loop-control"),
+    reason="needs mkfs.ext4 and loop devices",
 )
 
 
@@ -280,6 +335,7 @@ def test_on_a_full_disk_stops_are_spooled_logins_and_spawns_refused_clearly_the_
     assert not checks(report)["disk"]["warning"], report
 
     filler = fill(h.state / "audit")
+
     # The last block of the segment may still take a record or two; then the kernel says no.
     def refused_login():
         page = HubClient(h, "bob").login()
@@ -314,7 +370,9 @@ def test_on_a_full_disk_stops_are_spooled_logins_and_spawns_refused_clearly_the_
     stop = actions.index(("alice", "server.stop"))
     spooled = actions.index(("service:audit", "audit.spooled"))
     assert stop < spooled < actions.index(("carol", "auth.login")), actions
-    assert records[stop]["target"] == "alice/demo-cardio" and records[stop]["details"]["image_digest"].startswith("sha256:")
+    assert records[stop]["target"] == "alice/demo-cardio" and records[stop]["details"][
+        "image_digest"
+    ].startswith("sha256:")
     assert len([a for a in actions if a == ("alice", "server.stop")]) == 1, "the stop was recorded twice"
     result = verify(h)
     assert result.returncode == 0, result.stdout + result.stderr

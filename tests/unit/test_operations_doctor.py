@@ -45,8 +45,11 @@ def test_two_enforcers_fail_the_enforcer_check():
 def test_a_missing_service_and_a_dead_port_fail():
     obs = sound()
     without_gate = tuple(s for s in obs.services if s.name != "enclave-gate")
-    checks = by_name(dataclasses.replace(obs, services=without_gate,
-                                         service_answers={"exports": "http://127.0.0.1:8082/: refused"}))
+    checks = by_name(
+        dataclasses.replace(
+            obs, services=without_gate, service_answers={"exports": "http://127.0.0.1:8082/: refused"}
+        )
+    )
     assert "enclave-gate is not running under the hub (pid 4242)" in checks["services"].reason
     assert "exports does not answer: http://127.0.0.1:8082/: refused" in checks["services"].reason
 
@@ -57,14 +60,21 @@ def test_a_port_held_by_a_stranger_fails():
 
 
 def test_a_stale_oauth_secret_fails():
-    checks = by_name(sound(exports_oauth="the hub's token endpoint refuses the service's client: 401 invalid_client"))
+    checks = by_name(
+        sound(exports_oauth="the hub's token endpoint refuses the service's client: 401 invalid_client")
+    )
     assert not checks["oauth"].ok and "invalid_client" in checks["oauth"].reason
 
 
 def test_a_nearly_full_disk_warns_with_the_threshold():
     site = dataclasses.replace(sound().site, disk_min_free_mib=512)
     check = by_name(sound(site=site, free_bytes=100 * 1024 * 1024))["disk"]
-    assert check.ok and check.warning and "100 MiB free" in check.reason and "disk.min_free_mib (512 MiB)" in check.reason
+    assert (
+        check.ok
+        and check.warning
+        and "100 MiB free" in check.reason
+        and "disk.min_free_mib (512 MiB)" in check.reason
+    )
     assert check.line().startswith("WARN")
 
 
@@ -86,9 +96,14 @@ def test_no_hub_and_nothing_left_behind_is_a_warning_not_a_failure():
 def test_services_are_recognized_by_state_dir_or_hub_api(tmp_path):
     state = str(tmp_path)
     assert belongs_to({"JUPYTERHUB_SERVICE_NAME": "exports", "ENCLAVE_STATE_DIR": state}, state, 8091)
-    assert not belongs_to({"JUPYTERHUB_SERVICE_NAME": "exports", "ENCLAVE_STATE_DIR": "/elsewhere"}, state, 8091)
-    assert belongs_to({"JUPYTERHUB_SERVICE_NAME": "idle-culler",
-                       "JUPYTERHUB_API_URL": "http://127.0.0.1:8091/hub/api"}, state, 8091)
+    assert not belongs_to(
+        {"JUPYTERHUB_SERVICE_NAME": "exports", "ENCLAVE_STATE_DIR": "/elsewhere"}, state, 8091
+    )
+    assert belongs_to(
+        {"JUPYTERHUB_SERVICE_NAME": "idle-culler", "JUPYTERHUB_API_URL": "http://127.0.0.1:8091/hub/api"},
+        state,
+        8091,
+    )
     # A hub, a researcher's shell or another installation is never taken for a service.
     assert not belongs_to({"ENCLAVE_STATE_DIR": state}, state, 8091)
     assert not belongs_to({"JUPYTERHUB_SERVICE_NAME": "jupyterhub", "ENCLAVE_STATE_DIR": state}, state, 8091)
@@ -96,9 +111,15 @@ def test_services_are_recognized_by_state_dir_or_hub_api(tmp_path):
 
 def test_the_wrapper_command_keeps_the_service_command():
     cmd = wrapped("exports", ["/usr/bin/python3", "-m", "exports.service"])
-    assert cmd[1:5] == ["-m", "hub.services", "exports", "--"] and cmd[5:] == ["/usr/bin/python3", "-m", "exports.service"]
+    assert cmd[1:5] == ["-m", "hub.services", "exports", "--"] and cmd[5:] == [
+        "/usr/bin/python3",
+        "-m",
+        "exports.service",
+    ]
 
 
 def test_records_waiting_in_the_spool_are_a_warning():
-    check = by_name(sound(spool_problems=("/state/audit/spool.bin: 2 record(s) spooled wait for space",)))["disk"]
+    check = by_name(sound(spool_problems=("/state/audit/spool.bin: 2 record(s) spooled wait for space",)))[
+        "disk"
+    ]
     assert check.ok and check.warning and "2 record(s) spooled" in check.reason

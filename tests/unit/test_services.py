@@ -43,8 +43,9 @@ def fake_hub(state: Path, name: str = "exports") -> tuple[subprocess.Popen, int]
         print(p.pid, flush=True)
         time.sleep(120)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     pid = int(parent.stdout.readline())
     return parent, pid
 
@@ -53,10 +54,14 @@ def test_a_wrapped_service_dies_when_its_hub_is_killed(tmp_path):
     parent, child = fake_hub(tmp_path)
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(s.hub_pid for s in services.find_services(str(tmp_path), 1)):
+        while time.monotonic() < deadline and not any(
+            s.hub_pid for s in services.find_services(str(tmp_path), 1)
+        ):
             time.sleep(0.05)  # until the wrapper has exec'd into the service
         found = services.find_services(str(tmp_path), 1)
-        assert [(s.name, s.pid, s.ppid, s.hub_pid) for s in found] == [("exports", child, parent.pid, parent.pid)]
+        assert [(s.name, s.pid, s.ppid, s.hub_pid) for s in found] == [
+            ("exports", child, parent.pid, parent.pid)
+        ]
         assert services.stale_services(str(tmp_path), 1, parent.pid) == []
         os.kill(parent.pid, signal.SIGKILL)  # a crash: no cleanup code of the parent runs
         parent.wait(5)
@@ -72,13 +77,23 @@ def test_a_wrapped_service_dies_when_its_hub_is_killed(tmp_path):
 def test_the_wrapper_refuses_to_start_an_orphan():
     # Started by a parent that is already gone (ppid 1 after reparenting): the wrapper must not run it.
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent("""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
             import os, subprocess, sys
             if os.fork() == 0:
                 import time; time.sleep(0.5)  # the parent exits meanwhile: we are reparented
                 os.execv(sys.executable, [sys.executable, "-m", "hub.services", "exports", "--", "true"])
             os._exit(0)
-        """)], cwd=REPO, capture_output=True, text=True, timeout=20, check=False)
+        """),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
     assert result.returncode == 0  # the outer parent; the orphan's refusal goes to the shared stderr
     time.sleep(1.5)
 
@@ -88,11 +103,25 @@ def test_a_stale_service_is_stopped_and_recorded(tmp_path):
     state.mkdir()
     env = dict(os.environ, JUPYTERHUB_SERVICE_NAME="enclave-policy", ENCLAVE_STATE_DIR=str(state))
     # Ignores SIGTERM, as a hung service would: it must be killed after the grace period.
-    stale = subprocess.Popen([sys.executable, "-c", ("import signal, time; signal.signal(signal.SIGTERM, "
-                              "signal.SIG_IGN); print('ready', flush=True); time.sleep(120)")],
-                             env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                             env=dict(env, ENCLAVE_STATE_DIR=str(tmp_path / "another")), start_new_session=True)
+    stale = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import signal, time; signal.signal(signal.SIGTERM, "
+                "signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"
+            ),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env=dict(env, ENCLAVE_STATE_DIR=str(tmp_path / "another")),
+        start_new_session=True,
+    )
     try:
         assert stale.stdout.readline().strip() == "ready"
         with AuditLog.open(state) as log:
