@@ -161,6 +161,14 @@ ACTIONS: Mapping[str, ActionSpec] = _table(
         details=("segment", "offset", "continued_from"),
         outcomes=frozenset({"error"}),
     ),
+    # Operations (issue 19, hub/services.py)
+    ActionSpec(
+        "service.stop",
+        "A starting hub stopped a managed service (target: exports, enclave-gate, enclave-policy, "
+        "idle-culler) that a previous hub left running (details.reason stale; pid, ports, signal).",
+        needs_target=True,
+        details=("reason", "pid"),
+    ),
     # Gate, hub and network refusals (issue 11, gate: hub/gate.py, hub/netlog.py, hub/audit_hooks.py).
     # All written through audit.aggregate.RefusalAggregator: details.repeated counts the repeats of a window.
     ActionSpec(

@@ -407,6 +407,22 @@ def _file_id(request: Any, body: dict[str, Any]) -> int:
     return current.id
 
 
+def own_review(request: Any, identity: Identity) -> Any:
+    """This checker's review of the request's current round, or None."""
+    return next((r for r in request.reviews_in_round() if r.reviewer == identity.name), None)
+
+
+def review_already_saved(workflow: ExportWorkflow, identity: Identity, request_id: str, body: dict[str, Any]) -> bool:
+    """True if this checker's review of the current round is saved with the verdict being posted again."""
+    try:
+        request = workflow._visible(identity, request_id)  # unrecorded: perform() records any refusal
+        verdict = inputs.parse_verdict(body.get("verdict"))
+    except Exception:  # noqa: BLE001 -- not visible, or a bad verdict: perform() refuses and records it
+        return False
+    mine = own_review(request, identity)
+    return mine is not None and mine.verdict is verdict
+
+
 def perform(
     workflow: ExportWorkflow, identity: Identity, request_id: str, action: str, body: dict[str, Any]
 ) -> Any:
@@ -649,7 +665,17 @@ class RequestPage(PageHandler):
         request = await self.run(self.workflow.view, identity, request_id)
         view = request_view(request, identity, self.projects.get(request.project), self.base)
         previews = await self.run(self._previews, identity, request)
-        self.render_page("request.html", r=view, previews=previews)
+        self.render_page("request.html", r=view, previews=previews, saved=self._saved_notice(identity, request))
+
+    def _saved_notice(self, identity: Identity, request: Any) -> str | None:
+        """After a review form was posted again (the first answer was lost, e.g. to a service restart): say
+        that the review is saved, when, and with which verdict, rather than leave the checker guessing."""
+        if self.get_query_argument("saved", None) != "review":
+            return None
+        mine = own_review(request, identity)
+        if mine is None:
+            return None
+        return f"Your review of round {mine.round} ({mine.verdict.value}) is saved; it was recorded at {mine.at}."
 
     def _previews(self, identity: Identity, request: Any) -> dict[int, dict[str, Any]]:
         """The first page of every current file; the rest are a link away (FilePage)."""
@@ -680,6 +706,11 @@ class RequestFormAction(PageHandler):
     async def post(self, request_id: str, action: str) -> None:
         identity = self.require()
         body = form_body(self, action)
+        if action == "review" and await self.run(review_already_saved, self.workflow, identity, request_id, body):
+            # The same review posted again: the first one was saved, its answer lost (a service restart
+            # answers 503). Show the saved state instead of refusing a second review (issue 19).
+            self.redirect(f"{self.base}requests/{request_id}?saved=review")
+            return
         await self.run(perform, self.workflow, identity, request_id, action, body)
         anchor = {"vote": "#file-" + str(body.get("file_id", "")), "comment": "#comments"}.get(action, "")
         self.redirect(f"{self.base}requests/{request_id}{anchor}")

@@ -3,14 +3,18 @@ not their own (the idle culler, an administrator, the policy enforcer), and refu
 (someone opening, starting or minting a token for another user's server; a form without its ``_xsrf``).
 
 JupyterHub calls its tornado ``log_function`` once per finished request, with the handler; we keep
-JupyterHub's own request log and add the audit record. Spawns, stops and logins are recorded by the
-spawner and the authenticator themselves. Refusals go through one ``RefusalAggregator`` per hub process,
+JupyterHub's own request log and add the audit record. Spawns and logins are recorded by the spawner and
+the authenticator themselves. A stop asked for over the API (the owner, an administrator, the culler, the
+enforcer) is recorded here, once, naming who asked; the spawner records only stops no request asked for
+(:class:`RequestContext` tells it which). Stops take access away: their records go through the spool on a
+full disk (``append_or_spool``). Refusals go through one ``RefusalAggregator`` per hub process,
 flushed from a timer on the hub's event loop and at exit, so repeating them cannot flood the trail.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextvars
 import json
 import logging
 import os
@@ -18,7 +22,7 @@ import re
 from functools import cache
 
 from jupyterhub.log import log_request
-from tornado import ioloop
+from tornado import httputil, ioloop, web
 
 from audit.aggregate import RefusalAggregator, clip
 from hub import runtime
@@ -39,6 +43,47 @@ OAUTH_AUTHORIZE = re.compile(r"^/hub/api/oauth2/authorize/?$")
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
+CURRENT_REQUEST: contextvars.ContextVar[httputil.HTTPServerRequest | None] = contextvars.ContextVar(
+    "enclave_current_request", default=None
+)
+
+
+class RequestContext(web.OutputTransform):
+    """Makes the request being served visible to code it runs, also in tasks it starts (a stop runs in one).
+
+    Tornado builds transforms before the handler's task starts, so the task, and every task it creates,
+    copies this value. Nothing is changed in the response."""
+
+    def __init__(self, request: httputil.HTTPServerRequest) -> None:
+        super().__init__(request)
+        CURRENT_REQUEST.set(request)
+
+
+def stop_requested_here(user: str, server: str, image_digest: str = "") -> bool:
+    """True if the request being served is a DELETE of this server: audit_request records that stop, with
+    the digest of the image that ran (handed over on the request: JupyterHub drops the spawner after a stop)."""
+    request = CURRENT_REQUEST.get()
+    if request is None or request.method != "DELETE":
+        return False
+    match = SERVER_DELETE.match(request.path)
+    if not match or match["user"] != user or match["server"] != server:
+        return False
+    request.enclave_stopped_digest = image_digest
+    return True
+
+
+class AuditUnavailable(web.HTTPError):
+    """An action that grants access was refused because its audit record could not be written first."""
+
+    def __init__(self, what: str) -> None:
+        message = (f"You cannot {what} right now: the enclave cannot write its audit trail (the disk is "
+                   "probably full), and nothing that grants access happens without its record. Your running "
+                   "work is not affected. Please tell the operator (enclave doctor names the problem).")
+        super().__init__(503, message)
+        self.jupyterhub_message = message  # JupyterHub shows only messages marked as meant for users
+        self.reason_text = message
+
+
 def requester(handler):
     """The user or service a finished request was made by (also after logout cleared the cookie)."""
     return getattr(handler, "_jupyterhub_user", None)
@@ -50,18 +95,23 @@ def audit_request(handler, state_dir: str) -> None:
     who = requester(handler)
     path = request.path
     match = SERVER_DELETE.match(path) if request.method == "DELETE" and status in (202, 204) else None
-    if match is None or who is None or (getattr(who, "kind", "user") == "user" and who.name == match["user"]):
-        return  # not a stop, or the owner's own (the spawner records that one)
+    if match is None or who is None:
+        return  # not a stop
     user = handler.find_user(match["user"])
     spawner = user.spawners.get(match["server"]) if user is not None else None
-    digest = getattr(spawner, "image_digest", "") or "unknown"
+    digest = (getattr(request, "enclave_stopped_digest", "") or getattr(spawner, "image_digest", "")
+              or "unknown")
     target = f"{match['user']}/{match['server']}"
+    log = runtime.audit_log(state_dir)
     if getattr(who, "kind", "") == "service" and who.name == CULLER:
-        runtime.audit_log(state_dir).append(actor=CULLER, action="server.cull", project=match["server"],
-                                            target=target, details={"image_digest": digest, "reason": "idle"})
+        log.append_or_spool(actor=CULLER, action="server.cull", project=match["server"],
+                            target=target, details={"image_digest": digest, "reason": "idle"})
+    elif getattr(who, "kind", "user") == "user" and who.name == match["user"]:
+        log.append_or_spool(actor=who.name, action="server.stop", project=match["server"],
+                            target=target, details={"image_digest": digest})
     else:  # an administrator or a service stopped someone else's server: name who did it
-        runtime.audit_log(state_dir).append(actor=who.name, action="server.stop", project=match["server"],
-                                            target=target, details={"image_digest": digest, "stopped_by": who.name})
+        log.append_or_spool(actor=who.name, action="server.stop", project=match["server"],
+                            target=target, details={"image_digest": digest, "stopped_by": who.name})
 
 
 @cache

@@ -28,8 +28,10 @@ from ldapauthenticator.ldapauthenticator import TlsStrategy
 from tornado import ioloop, web
 from traitlets import Float, Int, Unicode, default
 
+from audit import AuditWriteError
 from audit.aggregate import RefusalAggregator, clip
 from hub import runtime
+from hub.audit_hooks import AuditUnavailable
 from hub.paths import EnclavePaths
 from hub.throttle import LoginThrottle, ThrottleSettings
 
@@ -90,7 +92,9 @@ class AuditedLogoutHandler(LogoutHandler):
         user = self.current_user
         await super().default_handle_logout()
         if user is not None:
-            runtime.audit_log(self.authenticator.state_dir).append(actor=user.name, action="auth.logout", details={})
+            # The logout happened (the cookie is gone): on a full disk its record goes to the spool.
+            runtime.audit_log(self.authenticator.state_dir).append_or_spool(
+                actor=user.name, action="auth.logout", details={})
 
 
 class EnclaveAuthenticator(LDAPAuthenticator):
@@ -177,9 +181,13 @@ class EnclaveAuthenticator(LDAPAuthenticator):
         details = {"reason": reason}
         if groups is not None:
             details["groups"] = groups
-        runtime.audit_log(self.state_dir).append(
-            actor=clip(username, 128) or "(blank)", action="auth.login", outcome=outcome, details=details
-        )
+        try:
+            runtime.audit_log(self.state_dir).append(
+                actor=clip(username, 128) or "(blank)", action="auth.login", outcome=outcome, details=details
+            )
+        except AuditWriteError as exc:  # no login without its record: refuse, and say why (issue 19)
+            self.log.error("login of %s refused: the audit trail cannot be written: %s", clip(username, 128), exc)
+            raise AuditUnavailable("log in") from exc
 
     def refuse(self, username: str, source: str, reason: str, **details) -> None:
         """A refused login on the trail, aggregated per (name, address) and reason."""

@@ -1,7 +1,9 @@
 """``enclave doctor``: is this installation as locked down as docs/SECURITY.md says it is?
 
-Each check prints one line, ``OK`` or ``FAIL`` and the reason; the exit status is 3 when any check fails
-(a weakness), 1 when the doctor cannot run at all (an invalid policy), 0 otherwise. ``--rules`` adds the
+Each check prints one line, ``OK``, ``WARN`` or ``FAIL`` and the reason; the exit status is 3 when any check
+fails (a weakness, or a broken service), 2 when there are warnings only (e.g. the disk under the state
+directory is nearly full, the hub is not running), 1 when the doctor cannot run at all (an invalid policy),
+0 otherwise. ``--rules`` adds the
 host firewall as iptables prints it; ``--json`` gives the same as one JSON document.
 
 Everything the checks look at is gathered once by :func:`observe` into an :class:`Observed`; the checks
@@ -15,8 +17,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import stat
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -28,8 +32,10 @@ from hub.cli import CLIError
 from hub.paths import EnclavePaths
 from hub.policy import PolicyError, Site, load_policy
 from hub.security_profile import inspect_problems, lxcfs_problem
+from hub.services import SERVICE_NAMES, ServiceProcess, find_services, is_current
 
 EXIT_WEAK = 3
+EXIT_WARN = 2
 # CVE-2024-29018 (GHSA-mq39-4gv4-mvpx): the embedded DNS resolver of an internal network forwarded
 # outside names from the host's namespace. Fixed in these release lines, from these versions on.
 DNS_FIX = {(23, 0): (23, 0, 11), (25, 0): (25, 0, 5)}
@@ -42,9 +48,12 @@ class Check:
     name: str
     ok: bool
     reason: str
+    warning: bool = False
+    """Not a failure, but an operator must act soon (exit status 2 when nothing fails)."""
 
     def line(self) -> str:
-        return f"{'OK' if self.ok else 'FAIL':<4}  {self.name:<10} {self.reason}"
+        word = "FAIL" if not self.ok else ("WARN" if self.warning else "OK")
+        return f"{word:<4}  {self.name:<10} {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,16 @@ class Observed:
     proxy_unauthenticated_status: int | None = None  # what the proxy API answers without a token
     euid: int = 0
     lxcfs_problem: str | None = None  # why lxcfs cannot serve the containers' /proc files; None: it can
+    hub_pid: int | None = None  # the running hub (its pid file, alive); None: not running
+    services: tuple[ServiceProcess, ...] = ()  # every managed service of this installation, any hub's
+    service_answers: Mapping[str, str | None] = field(default_factory=dict)
+    """Service name -> why it does not answer on its port (None: it answers)."""
+    port_holders: Mapping[int, str] = field(default_factory=dict)
+    """A service port -> the process listening on it that is not this hub's service (pid and command)."""
+    exports_oauth: str | None = "not checked"
+    """Why the exports service's OAuth client credentials fail at the hub; None: the round trip works."""
+    free_bytes: int | None = None  # free space on the state directory's filesystem
+    spool_problems: tuple[str, ...] = ()  # the audit spool missing, or holding records that wait for space
 
 
 # ---- checks (pure) ------------------------------------------------------------------------------------
@@ -300,6 +319,99 @@ def check_proxy_token(obs: Observed) -> Check:
     return Check("proxy", True, f"auth token set ({len(token)} characters); proxy API {running}")
 
 
+PORTED_SERVICES = {"exports": "exports_port", "enclave-gate": "hub_port"}
+ENFORCER = "enclave-policy"
+
+
+def service_problems(obs: Observed) -> list[str]:
+    problems = []
+    for service in obs.services:
+        if not is_current(service, obs.hub_pid):
+            hub = "no hub runs" if obs.hub_pid is None else f"the running hub is pid {obs.hub_pid}"
+            problems.append(
+                f"stale {service.describe()}: not started by the running hub ({hub}); "
+                "deploy/demo (or restarting the hub) stops it"
+            )
+    for port, holder in sorted(obs.port_holders.items()):
+        problems.append(f"port {port} is held by {holder}, not by this hub's service")
+    if obs.hub_pid is None:
+        return problems
+    current = [s for s in obs.services if is_current(s, obs.hub_pid)]
+    for name in SERVICE_NAMES:
+        mine = [s for s in current if s.name == name]
+        if not mine:
+            problems.append(f"{name} is not running under the hub (pid {obs.hub_pid}): see logs/hub.log")
+        elif len(mine) > 1 and name != ENFORCER:
+            problems.append(f"{len(mine)} {name} services run: " + ", ".join(s.describe() for s in mine))
+    for name, why in sorted(obs.service_answers.items()):
+        if why:
+            problems.append(f"{name} does not answer: {why}")
+    return problems
+
+
+def check_services(obs: Observed) -> Check:
+    """Every managed service runs once, was started by the running hub, and answers (hub/services.py)."""
+    problems = service_problems(obs)
+    if problems:
+        return Check("services", False, "; ".join(problems))
+    if obs.hub_pid is None:
+        return Check(
+            "services",
+            True,
+            "the hub is not running (deploy/demo starts it); no service left behind",
+            warning=True,
+        )
+    return Check(
+        "services", True, f"{', '.join(SERVICE_NAMES)} run under the hub (pid {obs.hub_pid}) and answer"
+    )
+
+
+def check_enforcer(obs: Observed) -> Check:
+    """Exactly one policy enforcer: two would both stop servers and both write the trail."""
+    enforcers = [s for s in obs.services if s.name == ENFORCER]
+    if len(enforcers) > 1:
+        return Check(
+            "enforcer",
+            False,
+            f"{len(enforcers)} policy enforcers run: " + ", ".join(s.describe() for s in enforcers),
+        )
+    if not enforcers:
+        if obs.hub_pid is None:
+            return Check("enforcer", True, "not running (the hub is not running)", warning=True)
+        return Check(
+            "enforcer", False, "no policy enforcer runs: policy changes do not reach running servers"
+        )
+    return Check("enforcer", True, f"exactly one runs: {enforcers[0].describe()}")
+
+
+def check_oauth(obs: Observed) -> Check:
+    """The exports service's OAuth client credentials are the ones the running hub knows."""
+    if obs.hub_pid is None:
+        return Check("oauth", True, "not checked: the hub is not running", warning=True)
+    if obs.exports_oauth:
+        return Check("oauth", False, f"the exports service's OAuth round trip fails: {obs.exports_oauth}")
+    return Check("oauth", True, "the exports service's token and OAuth client secret are accepted by the hub")
+
+
+def check_disk(obs: Observed) -> Check:
+    """Free space under the state directory, against site policy disk.min_free_mib."""
+    if obs.free_bytes is None:
+        return Check("disk", True, "not checked: the state directory does not exist", warning=True)
+    free_mib, floor = obs.free_bytes // (1024 * 1024), obs.site.disk_min_free_mib
+    if free_mib < floor:
+        return Check(
+            "disk",
+            True,
+            f"{free_mib} MiB free under the state directory, below disk.min_free_mib "
+            f"({floor} MiB): on a full disk logins and spawns are refused and stops are spooled "
+            "(docs/OPERATIONS.md)" + "".join(f"; {p}" for p in obs.spool_problems),
+            warning=True,
+        )
+    if obs.spool_problems:
+        return Check("disk", True, f"{free_mib} MiB free; " + "; ".join(obs.spool_problems), warning=True)
+    return Check("disk", True, f"{free_mib} MiB free under the state directory (warning below {floor} MiB)")
+
+
 CHECKS: tuple[Callable[[Observed], Check], ...] = (
     check_engine,
     check_firewall,
@@ -309,6 +421,10 @@ CHECKS: tuple[Callable[[Observed], Check], ...] = (
     check_keys,
     check_proxy_token,
     check_lxcfs,
+    check_services,
+    check_enforcer,
+    check_oauth,
+    check_disk,
 )
 
 
@@ -396,6 +512,138 @@ def _proxy_status(site: Site) -> int | None:
         return None  # not running
 
 
+def _hub_pid(paths: EnclavePaths) -> int | None:
+    """The running hub, from the pid file JupyterHub writes (hub/jupyterhub_config.py); None if not alive."""
+    try:
+        pid = int((paths.hub_dir / "jupyterhub.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        alive = proc.status() != psutil.STATUS_ZOMBIE and "jupyterhub" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return None
+    return pid if alive else None
+
+
+def _http_problem(url: str) -> str | None:
+    """None if something answers HTTP at ``url`` (any status below 500), else why not."""
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return None
+    except urllib.error.HTTPError as exc:
+        return None if exc.code < 500 else f"{url} answers {exc.code}"
+    except OSError as exc:
+        return f"{url}: {getattr(exc, 'reason', exc)}"
+
+
+def _port_holders(site: Site, services: tuple[ServiceProcess, ...], hub_pid: int | None) -> dict[int, str]:
+    import psutil
+
+    ours = {s.pid for s in services if is_current(s, hub_pid)}
+    stale = {s.pid for s in services} - ours
+    wanted = {site.exports_port, site.hub_port}
+    holders = {}
+    try:
+        conns = psutil.net_connections(kind="inet")
+    except (psutil.Error, OSError):
+        return {}
+    for conn in conns:
+        if conn.status != psutil.CONN_LISTEN or conn.laddr.port not in wanted or conn.pid in ours | stale:
+            continue
+        try:
+            what = " ".join(psutil.Process(conn.pid).cmdline())[:160] if conn.pid else "?"
+        except psutil.Error:
+            what = "?"
+        holders[conn.laddr.port] = f"pid {conn.pid} ({what})"
+    return holders
+
+
+def _exports_oauth(site: Site, services: tuple[ServiceProcess, ...], hub_pid: int | None) -> str | None:
+    """Use the running exports service's own credentials against the hub, as its OAuth callback does.
+
+    The service's API token must identify it at the hub, and its OAuth client secret (the same token) must
+    be accepted at the token endpoint: a made-up code then fails with invalid_grant (the client is known),
+    a stale secret with invalid_client. That is the step where a stale service's logins turn into 500s."""
+    import psutil
+
+    current = [s for s in services if s.name == "exports" and is_current(s, hub_pid)]
+    if not current:
+        return "no exports service of the running hub"
+    try:
+        env = psutil.Process(current[0].pid).environ()
+    except psutil.Error as exc:
+        return f"cannot read the exports service's environment: {exc}"
+    token, client = env.get("JUPYTERHUB_API_TOKEN", ""), env.get("JUPYTERHUB_CLIENT_ID", "service-exports")
+    api = f"http://127.0.0.1:{site.hub_internal_port}/hub/api"
+    who = urllib.request.Request(f"{api}/user", headers={"Authorization": f"token {token}"})
+    try:
+        with urllib.request.urlopen(who, timeout=10) as resp:
+            name = json.loads(resp.read()).get("name")
+    except (OSError, ValueError) as exc:
+        return f"the hub refuses the service's API token ({exc})"
+    if name != "exports":
+        return f"the service's API token belongs to {name!r}, not to the exports service"
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "authorization_code",
+            "code": "enclave-doctor-probe",
+            "client_id": client,
+            "client_secret": token,
+            "redirect_uri": env.get("JUPYTERHUB_OAUTH_CALLBACK_URL", ""),
+        }
+    ).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{api}/oauth2/token", data=form), timeout=10):
+            return "the hub's token endpoint accepted a made-up code"
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        if "invalid_grant" in body:
+            return None
+        return f"the hub's token endpoint refuses the service's client {client!r}: {exc.code} {body[:200]}"
+    except OSError as exc:
+        return f"the hub's token endpoint: {exc}"
+
+
+def _observe_services(paths: EnclavePaths, site: Site) -> dict[str, Any]:
+    hub_pid = _hub_pid(paths)
+    services = tuple(find_services(str(paths.state_dir), site.hub_internal_port))
+    answers = {}
+    if hub_pid is not None:
+        answers = {
+            "exports": _http_problem(f"http://127.0.0.1:{site.exports_port}/services/exports/"),
+            "enclave-gate": _http_problem(f"http://127.0.0.1:{site.hub_port}/hub/api/"),
+        }
+    # The trail may live on its own filesystem (a mount at STATE/audit): the fuller of the two counts.
+    frees = []
+    for where in (paths.state_dir, paths.audit_dir):
+        try:
+            frees.append(shutil.disk_usage(where).free)
+        except OSError:
+            continue
+    free = min(frees) if frees else None
+    spool: tuple[str, ...] = ()
+    if paths.audit_dir.is_dir():
+        from audit.log import AuditHealth
+
+        spool = tuple(
+            p for p in AuditHealth.of(paths.audit_dir).problems(0) if "spool" in p or "spool.bin" in p
+        )
+    return {
+        "hub_pid": hub_pid,
+        "services": services,
+        "service_answers": answers,
+        "port_holders": _port_holders(site, services, hub_pid),
+        "exports_oauth": _exports_oauth(site, services, hub_pid)
+        if hub_pid is not None
+        else "hub not running",
+        "free_bytes": free,
+        "spool_problems": spool,
+    }
+
+
 def observe(paths: EnclavePaths) -> Observed:
     try:
         site = load_policy(paths.policy_dir, paths.state_dir).site
@@ -416,6 +664,7 @@ def observe(paths: EnclavePaths) -> Observed:
         euid=os.geteuid(),
         lxcfs_problem=lxcfs_problem(),
         **_observe_engine(site),
+        **_observe_services(paths, site),
     )
 
 
@@ -425,10 +674,12 @@ def observe(paths: EnclavePaths) -> Observed:
 def register(subparsers: argparse._SubParsersAction) -> None:
     doctor = subparsers.add_parser(
         "doctor",
-        help="check the security posture: engine, firewall, networks, containers, image, keys, proxy token",
+        help="check the security posture and operations: engine, firewall, networks, containers, image, keys, "
+        "proxy token, lxcfs, managed services, enforcer, exports OAuth, free disk",
         description="Check that this installation is locked down as docs/SECURITY.md describes. One line per "
         "check: OK or FAIL and why. Run as root (it reads iptables and the state directory).",
-        epilog="exit status: 0 all checks OK; 3 a check failed (a weakness); 1 could not check (invalid policy)",
+        epilog="exit status: 0 all checks OK; 2 warnings only (disk nearly full, hub not running); 3 a check "
+        "failed (a weakness, a stale or broken service); 1 could not check (invalid policy)",
     )
     doctor.add_argument("--rules", action="store_true", help="also print the enclave's host firewall rules")
     doctor.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -438,8 +689,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _doctor(args: argparse.Namespace, paths: EnclavePaths) -> int:
     checks = diagnose(observe(paths))
     ok = all(c.ok for c in checks)
+    warned = any(c.warning for c in checks)
     if args.json:
-        doc: dict[str, Any] = {"ok": ok, "checks": [asdict(c) for c in checks]}
+        doc: dict[str, Any] = {"ok": ok, "warnings": warned, "checks": [asdict(c) for c in checks]}
         if args.rules:
             doc["rules"] = firewall.listing()
         print(json.dumps(doc, indent=2))
@@ -449,4 +701,6 @@ def _doctor(args: argparse.Namespace, paths: EnclavePaths) -> int:
         if args.rules:
             print()
             print(firewall.listing())
-    return 0 if ok else EXIT_WEAK
+    if not ok:
+        return EXIT_WEAK
+    return EXIT_WARN if warned else 0

@@ -140,8 +140,9 @@ class Enforcer:
         details = {"reason": reason}
         if outcome == "error":
             details["hub_status"] = response.status_code
-        self.audit.append(actor=ACTOR, action="policy.enforce", project=server, target=f"{user}/{server}",
-                          outcome=outcome, details=details)
+        # The server was stopped either way: on a full disk the record goes to the spool (issue 19).
+        self.audit.append_or_spool(actor=ACTOR, action="policy.enforce", project=server,
+                                   target=f"{user}/{server}", outcome=outcome, details=details)
 
     def run(self, every: float) -> None:
         while True:

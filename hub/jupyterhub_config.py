@@ -8,7 +8,7 @@ import os
 import ssl
 import sys
 
-from hub import firewall, runtime
+from hub import firewall, runtime, services
 from hub.auth import ENCLAVE_GROUPS, EnclaveAuthenticator, enclave_roles, group_dn
 from hub.home import project_rows
 from hub.paths import REPO_ROOT, EnclavePaths
@@ -130,6 +130,7 @@ c.JupyterHub.services = [
             f"--cull-every={os.environ.get('ENCLAVE_CULL_EVERY', '60')}",
             "--cull-named-servers=true", "--remove-named-servers=false",
         ],
+        "environment": {"ENCLAVE_STATE_DIR": str(paths.state_dir)},  # marks it as this installation's
     },
     {
         # The export review queue (exports/): the only way out. Containers reach it at their network
@@ -172,14 +173,26 @@ c.JupyterHub.services = [
     },
 ]
 
+# Every service runs through hub/services.py: it dies with this hub (PR_SET_PDEATHSIG) instead of outliving
+# a crash on its port with a stale OAuth secret. Services a dead hub left behind are stopped now, on the trail.
+for _service in c.JupyterHub.services:
+    _service["command"] = services.wrapped(_service["name"], _service["command"])
+_stale = services.clear_stale(str(paths.state_dir), site.hub_internal_port, os.getpid(),
+                              runtime.audit_log(str(paths.state_dir)))
+if _stale:
+    print("enclave: stopped services left by a previous hub: " + "; ".join(s.describe() for s in _stale),
+          file=sys.stderr)
+
 # ---- audit --------------------------------------------------------------------------------------
 # Logins, logouts and spawns are audited by the authenticator and the spawner; culls here.
-from hub.audit_hooks import audited_log_function
+from hub.audit_hooks import RequestContext, audited_log_function
 
 # ---- browser-facing headers and cookies (hub/headers.py) --------------------------------------------
 from hub.headers import browser_settings
 
 c.JupyterHub.tornado_settings = {
     "log_function": audited_log_function(str(paths.state_dir)),
+    # Lets the spawner see which request asked for a stop, so each stop is recorded once (hub/audit_hooks.py).
+    "transforms": [RequestContext],
     **browser_settings(site.public_url),
 }

@@ -143,6 +143,8 @@ class Site:
     ldap: LdapSettings
     canonical_outputs: Mapping[str, int] = field(default_factory=dict)
     """Caps on canonical export outputs (exports.canonical.Limits); absent keys keep the defaults."""
+    disk_min_free_mib: int = 512
+    """``enclave doctor`` warns when the state directory's filesystem has less free space than this."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,7 @@ def build_site(doc: Mapping[str, Any], state_dir: Path) -> Site:
         defaults=_resources(doc.get("defaults", {}), Resources(cpu=1.0, memory="2G", pids=512)),
         ldap=LdapSettings(**ldap),
         canonical_outputs=dict(doc.get("canonical_outputs", {})),
+        disk_min_free_mib=doc.get("disk", {}).get("min_free_mib", 512),
     )
 
 

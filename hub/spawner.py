@@ -18,7 +18,9 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from traitlets import Unicode, default, validate
 
+from audit import AuditWriteError
 from hub import firewall, runtime
+from hub.audit_hooks import AuditUnavailable, stop_requested_here
 from hub.dataset_images import ensure_dataset_filesystem
 from hub.paths import EnclavePaths
 from hub.policy import Project
@@ -257,6 +259,7 @@ class EnclaveSpawner(DockerSpawner):
         )
 
     async def start(self):
+        self.image_digest = ""  # set again once a container runs; a failed spawn leaves nothing to stop
         try:
             project = self.authorize()
             await self.check_engine()
@@ -301,6 +304,8 @@ class EnclaveSpawner(DockerSpawner):
             "MPLCONFIGDIR": f"{HOME}/.config/matplotlib",
             "XDG_CACHE_HOME": f"{HOME}/.cache",
         }
+        # The record comes first: a spawn that cannot be recorded does not start (issue 19).
+        await self.record_spawn(site.image)
         try:
             ip_port = await super().start()
         except Exception as exc:
@@ -365,8 +370,32 @@ class EnclaveSpawner(DockerSpawner):
         )
         return await self.docker("create_container", **create)
 
+    async def record_spawn(self, image: str) -> str:
+        """Write the spawn's record before the container exists; refuse the spawn if the trail cannot take it."""
+        try:
+            digest = (await self.docker("inspect_image", image))["Id"]
+        except Exception as exc:
+            self.record("server.spawn", "error", reason=f"image {image}: {type(exc).__name__}: {exc}"[:1000])
+            raise SpawnError(f"The notebook image {image} is not available on this host: {exc}") from exc
+        try:
+            self.record("server.spawn", image=image, image_digest=digest)
+        except AuditWriteError as exc:
+            self.log.error("spawn of %s/%s refused: the audit trail cannot be written: %s",
+                           self.user.name, self.name, exc)
+            raise SpawnError(AuditUnavailable("start a server").reason_text, 503) from exc
+        return digest
+
     async def stop(self, now=False):
         digest = self.image_digest
         await super().stop(now=now)
-        self.record("server.stop", image_digest=digest or "unknown")
+        if stop_requested_here(self.user.name, self.name, digest):
+            return  # asked for over the API: hub/audit_hooks.py records it once, naming who asked
+        if not digest:
+            return  # the clean-up after a spawn that never ran a container: its server.spawn record says why
+        # Stopped without a request (the hub shutting a server down): the server is gone, so the record
+        # must not be lost either; on a full disk it goes to the spool.
+        self.audit.append_or_spool(
+            actor=self.user.name, action="server.stop", project=self.name or "(none)",
+            target=f"{self.user.name}/{self.name}", details={"image_digest": digest or "unknown"},
+        )
 

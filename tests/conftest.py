@@ -13,13 +13,37 @@ Unit tests (tests/unit) need nothing running. Integration tests (tests/integrati
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.harness import Directory, Hub, HubClient
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_services(tmp_path_factory):
+    """After the whole run, no managed service of this run's test hubs may still run (issue 19); any found
+    is killed and named, and the run fails. Only this run's own temporary directory counts: other runs on
+    the same machine (other engineers, the full suite) are never touched."""
+    yield
+    from hub.services import SERVICE_NAMES, stop_processes
+
+    mine = str(tmp_path_factory.getbasetemp().resolve()) + os.sep
+    left: dict[int, str] = {}
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        state = os.path.realpath(env.get("ENCLAVE_STATE_DIR", "/nonexistent"))
+        if env.get("JUPYTERHUB_SERVICE_NAME") in SERVICE_NAMES and state.startswith(mine):
+            left[proc.pid] = f"{env['JUPYTERHUB_SERVICE_NAME']} pid {proc.pid} ({state})"
+    stop_processes(left, grace=2)
+    assert not left, f"test hubs left services running (killed now): {list(left.values())}"
 
 
 @pytest.fixture(scope="session")

@@ -184,9 +184,21 @@ class Hub:
         if proxy and proxy.poll() is None:
             os.killpg(proxy.pid, signal.SIGTERM)
             proxy.wait(10)
+        leftovers = self.leftover_services()
         remove_docker_objects(self.prefix)
         release_workspaces(self.state / "workspaces")
         release_dataset_filesystems(self.state)
+        assert not leftovers, f"hub {self.name} left processes running (killed now): {leftovers}"
+
+    def leftover_services(self, wait: float = 10) -> list[str]:
+        """Managed services of this hub still running after it stopped (issue 19): each is killed, and named."""
+        from hub.services import find_services, stop_processes
+
+        deadline = time.monotonic() + wait  # a service may still be finishing its SIGTERM
+        while (found := find_services(str(self.state), self.hub_internal_port)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop_processes([s.pid for s in found], grace=2)
+        return [s.describe() for s in found]
 
     # ---- docker views -------------------------------------------------------------------------
     def container(self, user: str, project: str):

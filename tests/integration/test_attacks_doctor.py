@@ -55,7 +55,8 @@ def test_posture_is_ok_while_a_server_runs(hub, running):
     result = json.loads(output)
     assert code == 0 and result["ok"] is True, output
     reasons = {c["name"]: c["reason"] for c in result["checks"]}
-    assert set(reasons) == {"engine", "firewall", "networks", "profile", "image", "keys", "proxy", "lxcfs"}
+    assert set(reasons) == {"engine", "firewall", "networks", "profile", "image", "keys", "proxy", "lxcfs",
+                            "services", "enforcer", "oauth", "disk"}
     assert "CVE-2024-29018" in reasons["engine"]
     assert f"admitting only tcp {hub.hub_port} (hub) and {hub.exports_port} (exports)" in reasons["firewall"]
 
@@ -64,7 +65,7 @@ def test_text_output_and_rules(hub, running):
     code, output = doctor(hub, "--rules")
     assert code == 0, output
     lines = output.splitlines()
-    assert [line.split()[0] for line in lines[:8]] == ["OK"] * 8
+    assert [line.split()[0] for line in lines[:12]] == ["OK"] * 12
     bridge = firewall.network_bridge(running.attrs)
     assert f"-A ENCLAVE-INPUT -i {bridge} -j REJECT --reject-with icmp-admin-prohibited" in output
     assert f"-A ENCLAVE-INPUT -i {bridge} -p tcp -m tcp --dport {hub.hub_port} -j ACCEPT" in output

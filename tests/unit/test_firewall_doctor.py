@@ -142,8 +142,25 @@ def sound(**changes) -> Observed:
         ),
         proxy_token="0123456789abcdef" * 4,
         proxy_unauthenticated_status=403,
+        **running_services(),
     )
     return dataclasses.replace(obs, **changes)
+
+
+HUB_PID = 4242
+
+
+def running_services() -> dict:
+    """A running hub with each managed service once, its children, answering (hub/services.py)."""
+    from hub.services import SERVICE_NAMES, ServiceProcess
+
+    return {
+        "hub_pid": HUB_PID,
+        "services": tuple(ServiceProcess(name, 5000 + i, HUB_PID, HUB_PID) for i, name in enumerate(SERVICE_NAMES)),
+        "service_answers": {"exports": None, "enclave-gate": None},
+        "exports_oauth": None,
+        "free_bytes": 10 * 1024**3,
+    }
 
 
 def failing(obs: Observed) -> dict[str, str]:
@@ -288,6 +305,10 @@ def test_the_command_prints_one_line_per_check_and_exits_3_on_a_weakness(monkeyp
         ["OK", "keys"],
         ["OK", "proxy"],
         ["OK", "lxcfs"],
+        ["OK", "services"],
+        ["OK", "enforcer"],
+        ["OK", "oauth"],
+        ["OK", "disk"],
     ]
 
 
@@ -296,7 +317,7 @@ def test_the_command_exits_0_and_speaks_json(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(firewall, "listing", lambda: "# iptables ENCLAVE-INPUT\n-A ...")
     assert main(["--state-dir", str(tmp_path), "doctor", "--json", "--rules"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["ok"] is True and len(doc["checks"]) == 8 and doc["rules"].startswith("# iptables")
+    assert doc["ok"] is True and len(doc["checks"]) == 12 and doc["rules"].startswith("# iptables")
 
 
 def test_lxcfs_down_is_a_weakness_that_says_what_to_do():
