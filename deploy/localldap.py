@@ -128,10 +128,10 @@ def ensure_reader(directory: Path, port: int, base_dn: str) -> None:
             f"dn: {reader_dn(base_dn)}\nchangetype: modify\nreplace: userPassword\n"
             f"userPassword: {ssha(password)}\n")
     env = dict(os.environ, LDAPTLS_CACERT=str(directory / "ca.pem"))
-    root_pw = (directory / "rootpw").read_text()
+    # -y: the root password from its file, never on a command line that `ps` shows
     result = subprocess.run(["ldapmodify", "-c", "-x", "-ZZ", "-H", f"ldap://127.0.0.1:{port}/",
-                             "-D", f"cn=admin,{base_dn}", "-w", root_pw], input=ldif, text=True, env=env,
-                            capture_output=True)
+                             "-D", f"cn=admin,{base_dn}", "-y", str(directory / "rootpw")], input=ldif, text=True,
+                            env=env, capture_output=True, check=False)
     if "modifying entry" not in result.stdout or result.returncode not in (0, 68):  # 68: already exists
         raise SystemExit(f"cannot create the directory reader {reader_dn(base_dn)}: {result.stderr.strip()}")
 
