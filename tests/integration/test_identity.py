@@ -37,8 +37,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 RESEARCHERS = "enclave-researchers"
 
 
-def records(hub: Hub, **query) -> list[dict]:
-    return list(AuditLog.open(hub.state).records(**query))
+def records(hub: Hub, target: str | None = None, **query) -> list[dict]:
+    found = AuditLog.open(hub.state).records(**query)
+    return [r for r in found if target is None or r.get("target") == target]
 
 
 def mfa_events(hub: Hub, uid: str) -> list[tuple[str, str]]:
