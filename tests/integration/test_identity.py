@@ -298,3 +298,47 @@ def test_directory_outage_refuses_logins_and_spawns_and_keeps_servers_for_the_gr
     wait_for(lambda: "restored" in [r["details"]["state"] for r in records(h, action="auth.directory")], 30,
              "the recovery on the trail")
     assert HubClient(h, "erin").login().status_code == 302, "logins work again"
+
+
+# ---- bounded sessions -------------------------------------------------------------------------------
+
+@pytest.fixture
+def short_sessions(tmp_path_factory, directory):
+    """Idle logout after 6 s, refreshed every 2 s: the real mechanism, on a test's clock."""
+    h = Hub(tmp_path_factory.mktemp("sessions"), directory,
+            hub_args=["--EnclaveAuthenticator.idle_logout_seconds=6", "--EnclaveAuthenticator.auth_refresh_age=2"])
+    h.prepare()
+    try:
+        h.start()
+        yield h
+    finally:
+        h.teardown()
+
+
+def test_sessions_are_bounded_idle_logout_and_logout_revokes_tokens(short_sessions):
+    h = short_sessions
+    alice = HubClient(h, "alice")
+    response = alice.login()
+    assert response.status_code == 302
+    cookie = next(c for c in alice.session.cookies if c.name.startswith("jupyterhub-hub-login"))
+    lifetime = cookie.expires - time.time()
+    assert 11.5 * 3600 < lifetime <= 12 * 3600 + 60, f"the hub cookie lives session.max_hours (12 h): {lifetime}"
+
+    # busy: requests more often than the idle limit keep the session
+    for _ in range(5):
+        assert hub_accepts_cookie(alice)
+        time.sleep(2.5)
+    time.sleep(8)  # idle longer than the limit
+    assert not hub_accepts_cookie(alice), "an idle session must log in again"
+    idle = [r for r in records(h, action="auth.logout", actor="alice") if r["details"].get("reason") == "idle"]
+    assert idle, "the idle logout is on the trail"
+
+    # logout revokes the tokens issued in the session
+    bob = HubClient(h, "bob")
+    assert bob.login().status_code == 302
+    token = token_for(bob)
+    assert hub_accepts_token(h, token)
+    bob.session.get(f"{h.url}/hub/logout", timeout=10)
+    assert not hub_accepts_token(h, token), "a token must not outlive the logout"
+    logout = records(h, action="auth.logout", actor="bob")
+    assert logout and logout[-1]["details"]["tokens_revoked"] >= 1
