@@ -122,19 +122,28 @@ class MfaStore:
     def _key(self) -> AESGCM:
         if self._aead is None:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            try:
-                fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(AESGCM.generate_key(bit_length=256))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            except FileExistsError:
-                pass  # made earlier, or by the other process at the same moment: read it below
+            if not self.key_path.exists():
+                self._create_key()
             key = self.key_path.read_bytes()
             if len(key) != 32:
                 raise MfaError(f"{self.key_path}: not a 32-byte key ({len(key)} bytes); restore it from backup")
             self._aead = AESGCM(key)
         return self._aead
+
+    def _create_key(self) -> None:
+        """Written whole to a temporary file, then linked into place: a reader never sees half a key, and
+        of two processes creating it at once, one wins and both use its key."""
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".mfa_key.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(AESGCM.generate_key(bit_length=256))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, self.key_path)
+        except FileExistsError:
+            pass  # the other writer won
+        finally:
+            os.unlink(tmp)
 
     def _seal(self, uid: str, secret: str) -> str:
         nonce = os.urandom(12)
@@ -219,7 +228,11 @@ class MfaStore:
             secret = self._open(uid, entry["secret"])
             step = matched_step(secret, code, now, self.settings.valid_window)
             if step is None:
-                return Verdict(Outcome.FAILED)
+                entry["attempts"] = entry.get("attempts", 0) + 1
+                if entry["attempts"] >= self.settings.lockout_after:  # guessing a first code: start again
+                    del data["pending"][uid]
+                    return Verdict(Outcome.LOCKOUT, entry["attempts"])
+                return Verdict(Outcome.FAILED, entry["attempts"])
             del data["pending"][uid]
             data["users"][uid] = {"secret": self._seal(uid, secret), "enrolled": int(now), "last_step": step,
                                   "failures": 0, "locked_until": 0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pyotp
 import pytest
@@ -103,6 +103,14 @@ def test_enrolment_needs_the_right_first_code_and_the_browser_nonce(store, clock
     assert store.verify("erin", code(secret, clock.now)).outcome == Outcome.REPLAY, "the confirming code is used"
 
 
+def test_five_wrong_first_codes_end_the_enrolment(store, clock):
+    nonce, secret = store.begin("erin")
+    bad = "000000" if code(secret, clock.now) != "000000" else "111111"
+    outcomes = [store.confirm("erin", nonce, bad).outcome for _ in range(5)]
+    assert outcomes == [Outcome.FAILED] * 4 + [Outcome.LOCKOUT]
+    assert store.confirm("erin", nonce, code(secret, clock.now)).outcome == Outcome.NOT_ENROLLED
+
+
 def test_a_pending_enrolment_expires(store, clock):
     nonce, secret = store.begin("erin")
     clock.now += 601
@@ -117,12 +125,10 @@ def test_reset_forgets_the_factor(store):
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):
+    """Separate stores (as the hub and the CLI are), the key created by whichever comes first."""
     uids = [f"u{i}" for i in range(40)]
-    threads = [threading.Thread(target=MfaStore(tmp_path).enrol, args=(uid,)) for uid in uids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda uid: MfaStore(tmp_path).enrol(uid), uids))  # raises what a writer raised
     assert all(MfaStore(tmp_path).enrolled(uid) for uid in uids)
 
 
