@@ -200,3 +200,11 @@ c.JupyterHub.tornado_settings = {
     "log_function": audited_log_function(str(paths.state_dir)),
     **browser_settings(site.public_url, max_age_days=site.session.max_hours / 24),
 }
+
+# ---- a site's own additions (docs/OPERATIONS.md section 6: its own identity provider) ----------------
+# Loaded last, so that it can replace the authenticator; the roles, spawner and services above stay.
+_site_config = os.environ.get("ENCLAVE_HUB_EXTRA_CONFIG")
+if _site_config:
+    if not os.path.isfile(_site_config):
+        sys.exit(f"enclave: ENCLAVE_HUB_EXTRA_CONFIG={_site_config}: no such file")
+    load_subconfig(_site_config)  # noqa: F821 -- provided by JupyterHub when it loads this file
