@@ -213,6 +213,7 @@ def test_leaving_enclave_researchers_ends_server_cookie_and_tokens_within_a_minu
         revoked = records(ihub, action="auth.revoke", target="alice")
         assert revoked and revoked[0]["details"]["reason"] == "not_accredited"
         assert "demo-cardio" in revoked[0]["details"]["stopped"] and revoked[0]["details"]["tokens"] >= 1
+        assert RESEARCHERS in revoked[0]["details"]["groups"], "taken out of the hub group too"
     finally:
         directory.add_to_group("alice", RESEARCHERS)
     # accredited again: she logs in as before (the directory is the source of truth both ways)
