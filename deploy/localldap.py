@@ -184,10 +184,11 @@ def start(directory: Path, port: int, seed_path: Path) -> None:
     if shutil.which("slapd") is None and not Path("/usr/sbin/slapd").exists():
         raise SystemExit("slapd is not installed (apt-get install slapd ldap-utils)")
     directory.mkdir(parents=True, exist_ok=True)
+    seed = yaml.safe_load(seed_path.read_text())
     if running_pid(directory):
         wait_port(port)
+        ensure_reader(directory, port, seed["base_dn"])  # a directory started by an older version gains it
         return
-    seed = yaml.safe_load(seed_path.read_text())
     make_tls(directory)
     root_pw_file = directory / "rootpw"
     if not root_pw_file.exists():

@@ -90,39 +90,73 @@ class AccreditationReader:
         try:
             password = Path(s.bind_password_file).read_text().strip()
         except OSError as exc:
-            raise DirectoryUnreachable(f"{s.bind_password_file}: cannot read the reader password: {exc.strerror}") \
-                from exc
+            raise DirectoryUnreachable(
+                f"{s.bind_password_file}: cannot read the reader password: {exc.strerror}"
+            ) from exc
         tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT, ca_certs_file=s.ca_file)
-        server = ldap3.Server(s.server_address, port=s.server_port, use_ssl=s.tls_strategy == "on_connect",
-                              tls=tls, connect_timeout=5, get_info=ldap3.NONE)
-        auto_bind = ldap3.AUTO_BIND_TLS_BEFORE_BIND if s.tls_strategy == "before_bind" else ldap3.AUTO_BIND_NO_TLS
+        server = ldap3.Server(
+            s.server_address,
+            port=s.server_port,
+            use_ssl=s.tls_strategy == "on_connect",
+            tls=tls,
+            connect_timeout=5,
+            get_info=ldap3.NONE,
+        )
+        auto_bind = (
+            ldap3.AUTO_BIND_TLS_BEFORE_BIND if s.tls_strategy == "before_bind" else ldap3.AUTO_BIND_NO_TLS
+        )
         try:
-            return ldap3.Connection(server, user=s.bind_dn, password=password, auto_bind=auto_bind,
-                                    receive_timeout=10, raise_exceptions=False)
+            return ldap3.Connection(
+                server,
+                user=s.bind_dn,
+                password=password,
+                auto_bind=auto_bind,
+                receive_timeout=10,
+                raise_exceptions=False,
+            )
         except LDAPBindError as exc:
-            raise DirectoryUnreachable(f"the directory at {self.where} refused the reader {s.bind_dn}") from exc
+            raise DirectoryUnreachable(
+                f"the directory at {self.where} refused the reader {s.bind_dn}"
+            ) from exc
         except (LDAPException, ssl.SSLError, OSError) as exc:
-            raise DirectoryUnreachable(f"the directory at {self.where} is unreachable: {type(exc).__name__}") from exc
+            raise DirectoryUnreachable(
+                f"the directory at {self.where} is unreachable: {type(exc).__name__}"
+            ) from exc
 
     def standing(self, conn: ldap3.Connection, uid: str) -> Standing:
         dn = self.settings.user_dn_template.format(username=escape_rdn(uid))
         try:
-            found = conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE,
-                                attributes=["shadowExpire", "pwdAccountLockedTime"])
+            found = conn.search(
+                dn,
+                "(objectClass=*)",
+                search_scope=ldap3.BASE,
+                attributes=["shadowExpire", "pwdAccountLockedTime"],
+            )
             if not found:
                 if conn.result.get("result") == 32:  # noSuchObject: deleted
                     return Standing(uid, exists=False)
-                raise DirectoryUnreachable(f"the directory at {self.where} answered {conn.result.get('description')}"
-                                           f" when reading {dn}")
+                raise DirectoryUnreachable(
+                    f"the directory at {self.where} answered {conn.result.get('description')}"
+                    f" when reading {dn}"
+                )
             attributes = dict(conn.response[0].get("attributes") or {})
             groups_filter = f"(&(objectClass=groupOfNames)(member={escape_filter_chars(dn)}))"
             conn.search(self.settings.groups_base, groups_filter, attributes=["cn"])
         except (LDAPException, ssl.SSLError, OSError) as exc:
-            raise DirectoryUnreachable(f"the directory at {self.where} is unreachable: {type(exc).__name__}") from exc
+            raise DirectoryUnreachable(
+                f"the directory at {self.where} is unreachable: {type(exc).__name__}"
+            ) from exc
         if conn.result.get("result") not in (0, 32):
-            raise DirectoryUnreachable(f"the directory at {self.where} answered {conn.result.get('description')}")
-        names = {str(e["attributes"]["cn"][0] if isinstance(e["attributes"]["cn"], list) else e["attributes"]["cn"])
-                 for e in conn.response if e.get("type") == "searchResEntry"}
+            raise DirectoryUnreachable(
+                f"the directory at {self.where} answered {conn.result.get('description')}"
+            )
+        names = {
+            str(
+                e["attributes"]["cn"][0] if isinstance(e["attributes"]["cn"], list) else e["attributes"]["cn"]
+            )
+            for e in conn.response
+            if e.get("type") == "searchResEntry"
+        }
         today = int(time.time() // 86400)
         return Standing(uid, True, disabled(attributes, today), tuple(sorted(names & set(ENCLAVE_GROUPS))))
 

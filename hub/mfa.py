@@ -109,8 +109,12 @@ def qr_svg(uri: str) -> str:
 class MfaStore:
     """Enrolments, pending enrolments, replay and lockout state of every user, encrypted at rest."""
 
-    def __init__(self, state_dir: Path | str, settings: MfaSettings | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        state_dir: Path | str,
+        settings: MfaSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.dir = Path(state_dir) / "secrets"
         self.path = self.dir / "mfa.json"
         self.key_path = self.dir / "mfa_key"
@@ -126,7 +130,9 @@ class MfaStore:
                 self._create_key()
             key = self.key_path.read_bytes()
             if len(key) != 32:
-                raise MfaError(f"{self.key_path}: not a 32-byte key ({len(key)} bytes); restore it from backup")
+                raise MfaError(
+                    f"{self.key_path}: not a 32-byte key ({len(key)} bytes); restore it from backup"
+                )
             self._aead = AESGCM(key)
         return self._aead
 
@@ -206,15 +212,23 @@ class MfaStore:
         with self._locked() as data:
             now = self.clock()
             data["pending"] = {k: v for k, v in data["pending"].items() if v["expires"] > now}
-            data["pending"][uid] = {"nonce": nonce, "secret": self._seal(uid, secret),
-                                    "expires": now + PENDING_SECONDS, "context": context or {}}
+            data["pending"][uid] = {
+                "nonce": nonce,
+                "secret": self._seal(uid, secret),
+                "expires": now + PENDING_SECONDS,
+                "context": context or {},
+            }
         return nonce, secret
 
     def pending(self, uid: str, nonce: str) -> tuple[str, dict] | None:
         """(secret, context) of the pending enrolment bound to ``nonce``, or None (none, expired, other)."""
         with self._locked() as data:
             entry = data["pending"].get(uid)
-            if not entry or entry["expires"] <= self.clock() or not hmac.compare_digest(entry["nonce"], nonce):
+            if (
+                not entry
+                or entry["expires"] <= self.clock()
+                or not hmac.compare_digest(entry["nonce"], nonce)
+            ):
                 return None
             return self._open(uid, entry["secret"]), entry["context"]
 
@@ -234,16 +248,26 @@ class MfaStore:
                     return Verdict(Outcome.LOCKOUT, entry["attempts"])
                 return Verdict(Outcome.FAILED, entry["attempts"])
             del data["pending"][uid]
-            data["users"][uid] = {"secret": self._seal(uid, secret), "enrolled": int(now), "last_step": step,
-                                  "failures": 0, "locked_until": 0}
+            data["users"][uid] = {
+                "secret": self._seal(uid, secret),
+                "enrolled": int(now),
+                "last_step": step,
+                "failures": 0,
+                "locked_until": 0,
+            }
         return Verdict(Outcome.OK)
 
     def enrol(self, uid: str, secret: str | None = None) -> str:
         """Enrol directly (the demo's pre-enrolment); returns the base32 secret."""
         secret = secret or pyotp.random_base32()
         with self._locked() as data:
-            data["users"][uid] = {"secret": self._seal(uid, secret), "enrolled": int(self.clock()),
-                                  "last_step": -1, "failures": 0, "locked_until": 0}
+            data["users"][uid] = {
+                "secret": self._seal(uid, secret),
+                "enrolled": int(self.clock()),
+                "last_step": -1,
+                "failures": 0,
+                "locked_until": 0,
+            }
         return secret
 
     def reset(self, uid: str) -> bool:
@@ -283,6 +307,7 @@ class MfaStore:
 
 # ---- the demo's pre-enrolment -----------------------------------------------------------------------
 
+
 def enrol_demo(state_dir: Path, uids: list[str]) -> list[str]:
     """Enrol each uid not yet enrolled and write its secret to ``state/demo-totp/<uid>`` (mode 600).
     Idempotent: an enrolled user keeps the secret already handed out."""
@@ -307,7 +332,9 @@ def enrol_demo(state_dir: Path, uids: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub.mfa", description="TOTP second factor (demo tools)")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("enrol-demo", help="enrol the demo users and write their secrets to STATE/demo-totp/")
+    demo = sub.add_parser(
+        "enrol-demo", help="enrol the demo users and write their secrets to STATE/demo-totp/"
+    )
     demo.add_argument("state", type=Path)
     demo.add_argument("--seed", type=Path, required=True, help="deploy/demo-directory.yaml")
     args = parser.parse_args(argv)
@@ -319,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log = runtime.audit_log(str(args.state))
     for uid in made:
-        log.append(actor="service:demo", action="auth.mfa", target=uid, details={"event": "enrol", "how": "demo"})
+        log.append(
+            actor="service:demo", action="auth.mfa", target=uid, details={"event": "enrol", "how": "demo"}
+        )
     print(f"demo TOTP secrets in {args.state / 'demo-totp'}/ ({len(made)} newly enrolled)")
     return 0
 

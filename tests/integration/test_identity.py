@@ -32,8 +32,13 @@ from tests.harness import PYTHON, REPO, Directory, Hub, HubClient, wait_for
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+]
 RESEARCHERS = "enclave-researchers"
 
 
@@ -62,6 +67,7 @@ def ihub(tmp_path_factory, directory):
 
 # ---- the second factor -----------------------------------------------------------------------------
 
+
 def test_first_login_enrols_the_second_factor_in_the_browser(ihub):
     """A site without pre-enrolment: erin's correct password leads to the enrolment page, whose QR code
     and key give the codes; a wrong first code is refused, the right one logs her in."""
@@ -89,7 +95,11 @@ def test_first_login_enrols_the_second_factor_in_the_browser(ihub):
         browser.close()
     events = mfa_events(ihub, "erin")
     assert events[-3:] == [("enrol_pending", "ok"), ("enrol_failed", "denied"), ("enrol", "ok")], events
-    logins = [r["details"]["reason"] for r in records(ihub, action="auth.login", actor="erin") if r["outcome"] == "ok"]
+    logins = [
+        r["details"]["reason"]
+        for r in records(ihub, action="auth.login", actor="erin")
+        if r["outcome"] == "ok"
+    ]
     assert logins[-1] == "password verified by LDAP; second factor enrolled"
 
     # the enrolled secret now guards every login
@@ -122,16 +132,24 @@ def test_codes_right_wrong_replayed_then_locked_out_then_reset_by_an_admin(ihub,
     events = mfa_events(ihub, uid)
     assert ("ok", "ok") in events and ("replay", "denied") in events
     assert events.count(("failed", "denied")) == 4 and ("lockout", "denied") in events, events
-    refused = [r for r in records(ihub, action="auth.login", actor=uid) if r["details"].get("reason") == "mfa_locked"]
+    refused = [
+        r for r in records(ihub, action="auth.login", actor=uid) if r["details"].get("reason") == "mfa_locked"
+    ]
     assert refused, "the refusal while locked is on the trail (aggregated)"
 
     # a researcher cannot reset anyone's factor; an administrator can, proving it with a directory login
     def reset(operator: str) -> subprocess.CompletedProcess:
         pw = tmp_path / f"{operator}.pw"
         pw.write_text(f"demo-{operator}")
-        return subprocess.run([PYTHON, "-m", "hub.cli", "user", "reset-mfa", uid, "--as", operator,
-                               "--password-file", str(pw)], cwd=REPO, env=ihub.env(), capture_output=True,
-                              text=True, timeout=60, check=False)
+        return subprocess.run(
+            [PYTHON, "-m", "hub.cli", "user", "reset-mfa", uid, "--as", operator, "--password-file", str(pw)],
+            cwd=REPO,
+            env=ihub.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     denied = reset("alice")
     assert denied.returncode == 1 and "not in enclave-admins" in denied.stderr
@@ -149,6 +167,7 @@ def test_codes_right_wrong_replayed_then_locked_out_then_reset_by_an_admin(ihub,
 
 # ---- revocation within a minute --------------------------------------------------------------------
 
+
 def token_for(client: HubClient) -> str:
     response = client.api("POST", f"/users/{client.user}/tokens", json={"note": "revocation test"})
     assert response.status_code == 201, response.text
@@ -160,13 +179,21 @@ def hub_accepts_cookie(client: HubClient) -> bool:
 
 
 def hub_accepts_token(hub: Hub, token: str) -> bool:
-    return requests.get(f"{hub.url}/hub/api/user", headers={"Authorization": f"token {token}"},
-                        timeout=10).status_code == 200
+    return (
+        requests.get(
+            f"{hub.url}/hub/api/user", headers={"Authorization": f"token {token}"}, timeout=10
+        ).status_code
+        == 200
+    )
 
 
 def exports_accepts_token(hub: Hub, token: str) -> bool:
-    return requests.get(f"{hub.url}/services/exports/api/whoami", headers={"Authorization": f"token {token}"},
-                        timeout=10).status_code == 200
+    return (
+        requests.get(
+            f"{hub.url}/services/exports/api/whoami", headers={"Authorization": f"token {token}"}, timeout=10
+        ).status_code
+        == 200
+    )
 
 
 def container_exists(hub: Hub, user: str, project: str) -> bool:
@@ -198,17 +225,22 @@ def test_leaving_enclave_researchers_ends_server_cookie_and_tokens_within_a_minu
 
     directory.remove_from_group("alice", RESEARCHERS)
     try:
-        taken = time_until_all({
-            "server": lambda: container_exists(ihub, "alice", "demo-cardio"),
-            "cookie": lambda: hub_accepts_cookie(alice),
-            "hub token": lambda: hub_accepts_token(ihub, token),
-            "exports token": lambda: exports_accepts_token(ihub, token),
-        }, timeout=90)
+        taken = time_until_all(
+            {
+                "server": lambda: container_exists(ihub, "alice", "demo-cardio"),
+                "cookie": lambda: hub_accepts_cookie(alice),
+                "hub token": lambda: hub_accepts_token(ihub, token),
+                "exports token": lambda: exports_accepts_token(ihub, token),
+            },
+            timeout=90,
+        )
         print(f"\nrevocation of alice (left {RESEARCHERS}), seconds until refused: {taken}")
         assert set(taken) == {"server", "cookie", "hub token", "exports token"}, f"not all revoked: {taken}"
         assert max(taken.values()) <= 60, taken
         home = alice.session.get(f"{ihub.url}/hub/home", allow_redirects=False, timeout=10)
-        assert home.status_code in (302, 403) and (home.status_code == 403 or "/hub/login" in home.headers["Location"])
+        assert home.status_code in (302, 403) and (
+            home.status_code == 403 or "/hub/login" in home.headers["Location"]
+        )
         assert HubClient(ihub, "alice").login().status_code == 403, "and she cannot log in again"
         revoked = records(ihub, action="auth.revoke", target="alice")
         assert revoked and revoked[0]["details"]["reason"] == "not_accredited"
@@ -233,8 +265,10 @@ def test_a_disabled_or_deleted_user_loses_their_session_within_a_minute(ihub, di
             directory.disable(uid)
         else:
             directory.delete_user(uid, [RESEARCHERS])
-        taken = time_until_all({"cookie": lambda: hub_accepts_cookie(client),
-                                "token": lambda: hub_accepts_token(ihub, token)}, timeout=90)
+        taken = time_until_all(
+            {"cookie": lambda: hub_accepts_cookie(client), "token": lambda: hub_accepts_token(ihub, token)},
+            timeout=90,
+        )
         print(f"\n{how}d user {uid}, seconds until refused: {taken}")
         assert set(taken) == {"cookie", "token"} and max(taken.values()) <= 60, taken
         reason = {"disable": "disabled", "delete": "deleted"}[how]
@@ -246,6 +280,7 @@ def test_a_disabled_or_deleted_user_loses_their_session_within_a_minute(ihub, di
 
 
 # ---- the directory stopped mid-session -------------------------------------------------------------
+
 
 @pytest.fixture
 def outage_hub(tmp_path_factory):
@@ -277,14 +312,24 @@ def test_directory_outage_refuses_logins_and_spawns_and_keeps_servers_for_the_gr
     refused = HubClient(h, "erin").login()
     assert refused.status_code == 503 and "directory" in refused.text.lower(), "a new login fails closed"
     spawn = bob.start("demo-oncology")
-    assert spawn.status_code == 503 and "directory" in spawn.text.lower(), f"a spawn fails closed: {spawn.text}"
-    wait_for(lambda: [r for r in records(h, action="auth.directory") if r["details"]["state"] == "outage"], 20,
-             "the outage on the trail")
+    assert spawn.status_code == 503 and "directory" in spawn.text.lower(), (
+        f"a spawn fails closed: {spawn.text}"
+    )
+    wait_for(
+        lambda: [r for r in records(h, action="auth.directory") if r["details"]["state"] == "outage"],
+        20,
+        "the outage on the trail",
+    )
     time.sleep(max(0.0, 15 - (time.monotonic() - down)))
-    assert container_exists(h, "alice", "demo-cardio") and h.container("alice", "demo-cardio").status == "running"
+    assert (
+        container_exists(h, "alice", "demo-cardio")
+        and h.container("alice", "demo-cardio").status == "running"
+    )
     assert hub_accepts_cookie(alice), "her session continues during the grace period"
 
-    wait_for(lambda: not container_exists(h, "alice", "demo-cardio"), 60, "the server to stop after the grace")
+    wait_for(
+        lambda: not container_exists(h, "alice", "demo-cardio"), 60, "the server to stop after the grace"
+    )
     lasted = time.monotonic() - down
     print(f"\ndirectory down: alice's server stopped {lasted:.0f}s after (grace 25 s)")
     assert lasted >= 25, "not before the grace period ended"
@@ -296,18 +341,28 @@ def test_directory_outage_refuses_logins_and_spawns_and_keeps_servers_for_the_gr
     assert spawns and spawns[-1]["details"]["reason"] == "directory_unreachable"
 
     h.directory.start()
-    wait_for(lambda: "restored" in [r["details"]["state"] for r in records(h, action="auth.directory")], 30,
-             "the recovery on the trail")
+    wait_for(
+        lambda: "restored" in [r["details"]["state"] for r in records(h, action="auth.directory")],
+        30,
+        "the recovery on the trail",
+    )
     assert HubClient(h, "erin").login().status_code == 302, "logins work again"
 
 
 # ---- bounded sessions -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def short_sessions(tmp_path_factory, directory):
     """Idle logout after 6 s, refreshed every 2 s: the real mechanism, on a test's clock."""
-    h = Hub(tmp_path_factory.mktemp("sessions"), directory,
-            hub_args=["--EnclaveAuthenticator.idle_logout_seconds=6", "--EnclaveAuthenticator.auth_refresh_age=2"])
+    h = Hub(
+        tmp_path_factory.mktemp("sessions"),
+        directory,
+        hub_args=[
+            "--EnclaveAuthenticator.idle_logout_seconds=6",
+            "--EnclaveAuthenticator.auth_refresh_age=2",
+        ],
+    )
     h.prepare()
     try:
         h.start()
@@ -323,7 +378,9 @@ def test_sessions_are_bounded_idle_logout_and_logout_revokes_tokens(short_sessio
     assert response.status_code == 302
     cookie = next(c for c in alice.session.cookies if c.name.startswith("jupyterhub-hub-login"))
     lifetime = cookie.expires - time.time()
-    assert 11.5 * 3600 < lifetime <= 12 * 3600 + 60, f"the hub cookie lives session.max_hours (12 h): {lifetime}"
+    assert 11.5 * 3600 < lifetime <= 12 * 3600 + 60, (
+        f"the hub cookie lives session.max_hours (12 h): {lifetime}"
+    )
 
     # busy: requests more often than the idle limit keep the session
     for _ in range(5):
@@ -331,7 +388,9 @@ def test_sessions_are_bounded_idle_logout_and_logout_revokes_tokens(short_sessio
         time.sleep(2.5)
     time.sleep(8)  # idle longer than the limit
     assert not hub_accepts_cookie(alice), "an idle session must log in again"
-    idle = [r for r in records(h, action="auth.logout", actor="alice") if r["details"].get("reason") == "idle"]
+    idle = [
+        r for r in records(h, action="auth.logout", actor="alice") if r["details"].get("reason") == "idle"
+    ]
     assert idle, "the idle logout is on the trail"
 
     # logout revokes the tokens issued in the session

@@ -52,12 +52,15 @@ def test_identity_settings_load_with_the_state_dir_expanded(policy, tmp_path):
     assert (site.mfa.lockout_after, site.mfa.lockout_seconds) == (5, 300)
 
 
-@pytest.mark.parametrize("change, where", [
-    (lambda s: s["session"].update(max_hours=0), "session.max_hours"),
-    (lambda s: s["session"].update(idle_minutes=5), "session"),
-    (lambda s: s["mfa"].update(lockout_after=0), "mfa.lockout_after"),
-    (lambda s: s["ldap"].update(outage_grace_seconds=-1), "ldap.outage_grace_seconds"),
-])
+@pytest.mark.parametrize(
+    "change, where",
+    [
+        (lambda s: s["session"].update(max_hours=0), "session.max_hours"),
+        (lambda s: s["session"].update(idle_minutes=5), "session"),
+        (lambda s: s["mfa"].update(lockout_after=0), "mfa.lockout_after"),
+        (lambda s: s["ldap"].update(outage_grace_seconds=-1), "ldap.outage_grace_seconds"),
+    ],
+)
 def test_bad_identity_settings_are_refused_naming_the_field(policy, tmp_path, change, where):
     edit_site(policy, change)
     with pytest.raises(PolicyError) as err:

@@ -45,8 +45,10 @@ def test_a_right_code_is_accepted_once_and_a_replay_refused(store, clock):
 
 def test_wrong_codes_lock_the_factor_and_then_even_the_right_one_is_refused(store, clock):
     secret = store.enrol("alice")
-    outcomes = [store.verify("alice", "000000" if code(secret, clock.now) != "000000" else "111111").outcome
-                for _ in range(5)]
+    outcomes = [
+        store.verify("alice", "000000" if code(secret, clock.now) != "000000" else "111111").outcome
+        for _ in range(5)
+    ]
     assert outcomes == [Outcome.FAILED] * 4 + [Outcome.LOCKOUT]
     locked = store.verify("alice", code(secret, clock.now))
     assert locked.outcome == Outcome.LOCKED and 0 < locked.locked_for <= 300
@@ -67,7 +69,9 @@ def test_drift_of_one_step_is_accepted_two_are_not(clock):
     secret = pyotp.random_base32()
     assert matched_step(secret, code(secret, clock.now + STEP), clock.now, 1) is not None
     assert matched_step(secret, code(secret, clock.now - 2 * STEP), clock.now, 1) is None
-    assert matched_step(secret, "12345", clock.now, 1) is None and matched_step(secret, "", clock.now, 1) is None
+    assert (
+        matched_step(secret, "12345", clock.now, 1) is None and matched_step(secret, "", clock.now, 1) is None
+    )
 
 
 def test_secrets_are_encrypted_at_rest_under_a_600_key(store, tmp_path):
@@ -95,12 +99,16 @@ def test_enrolment_needs_the_right_first_code_and_the_browser_nonce(store, clock
     assert not store.enrolled("erin")
     assert store.pending("erin", "forged") is None
     assert store.confirm("erin", "forged", code(secret, clock.now)).outcome == Outcome.NOT_ENROLLED
-    assert store.confirm("erin", nonce, "000000" if code(secret, clock.now) != "000000" else "1").outcome \
+    assert (
+        store.confirm("erin", nonce, "000000" if code(secret, clock.now) != "000000" else "1").outcome
         == Outcome.FAILED
+    )
     assert store.pending("erin", nonce) == (secret, {"groups": ["enclave-researchers"]})
     assert store.confirm("erin", nonce, code(secret, clock.now)).outcome == Outcome.OK
     assert store.enrolled("erin") and store.pending("erin", nonce) is None
-    assert store.verify("erin", code(secret, clock.now)).outcome == Outcome.REPLAY, "the confirming code is used"
+    assert store.verify("erin", code(secret, clock.now)).outcome == Outcome.REPLAY, (
+        "the confirming code is used"
+    )
 
 
 def test_five_wrong_first_codes_end_the_enrolment(store, clock):
