@@ -93,6 +93,7 @@ class Observed:
     proxy_unauthenticated_status: int | None = None  # what the proxy API answers without a token
     euid: int = 0
     lxcfs_problem: str | None = None  # why lxcfs cannot serve the containers' /proc files; None: it can
+    reader_password: FileView | None = None  # ldap.bind_password_file, the directory reader's password
 
 
 # ---- checks (pure) ------------------------------------------------------------------------------------
@@ -300,6 +301,23 @@ def check_proxy_token(obs: Observed) -> Check:
     return Check("proxy", True, f"auth token set ({len(token)} characters); proxy API {running}")
 
 
+def check_identity(obs: Observed) -> Check:
+    """Revocation within a minute needs the directory reader (hub/accreditation.py); its password is a secret."""
+    ldap, session = obs.site.ldap, obs.site.session
+    if not (ldap.bind_dn and ldap.bind_password_file):
+        return Check("identity", False, "site.yaml ldap.bind_dn / ldap.bind_password_file are not set: a "
+                     "revocation in the directory takes effect only at the user's next login")
+    f = obs.reader_password
+    if f is None or f.mode is None:
+        return Check("identity", False, f"{ldap.bind_password_file} (ldap.bind_password_file) is missing: "
+                     "accreditation cannot be re-read, so logins and spawns are refused")
+    if f.is_link or f.mode & 0o077:
+        return Check("identity", False, f"{f.path} is mode {f.mode:04o}{' (a link)' if f.is_link else ''}: "
+                     "the directory reader's password must be 0600")
+    return Check("identity", True, f"second factor required; accreditation re-read as {ldap.bind_dn}; "
+                 f"sessions {session.max_hours:g} h, idle logout {session.idle_logout_minutes} min")
+
+
 CHECKS: tuple[Callable[[Observed], Check], ...] = (
     check_engine,
     check_firewall,
@@ -309,6 +327,7 @@ CHECKS: tuple[Callable[[Observed], Check], ...] = (
     check_keys,
     check_proxy_token,
     check_lxcfs,
+    check_identity,
 )
 
 
@@ -415,6 +434,7 @@ def observe(paths: EnclavePaths) -> Observed:
         proxy_unauthenticated_status=_proxy_status(site),
         euid=os.geteuid(),
         lxcfs_problem=lxcfs_problem(),
+        reader_password=_file_view(Path(site.ldap.bind_password_file)) if site.ldap.bind_password_file else None,
         **_observe_engine(site),
     )
 
