@@ -166,7 +166,8 @@ class MfaStore:
     def _locked(self) -> Iterator[dict]:
         """Read-modify-write under an exclusive lock; written atomically (fsync, rename) on success."""
         self._key()
-        with open(self.dir / ".mfa.lock", "a") as lock:
+        fd = os.open(self.dir / ".mfa.lock", os.O_RDWR | os.O_CREAT, 0o600)  # secrets/: every file 0600
+        with os.fdopen(fd, "r+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = self._read()
             before = json.dumps(data, sort_keys=True)

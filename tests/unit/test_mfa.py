@@ -80,7 +80,8 @@ def test_secrets_are_encrypted_at_rest_under_a_600_key(store, tmp_path):
     assert secret not in raw
     key = tmp_path / "secrets" / "mfa_key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
-    assert stat.S_IMODE((tmp_path / "secrets" / "mfa.json").stat().st_mode) == 0o600
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "secrets").iterdir()}
+    assert set(modes.values()) == {0o600}, f"every file in secrets/ is 0600 (enclave doctor checks): {modes}"
 
 
 def test_a_record_moved_to_another_user_does_not_decrypt(store, tmp_path, clock):
