@@ -60,7 +60,6 @@ from hub.throttle import LoginThrottle, ThrottleSettings
 ENROL_COOKIE = "enclave-mfa-enrol"
 
 
-
 def group_dn(cn: str, groups_base: str) -> str:
     return f"cn={cn},{groups_base}"
 
@@ -160,6 +159,7 @@ class MfaEnrolHandler(BaseHandler):
 
     async def _page(self, uid: str, secret: str, error: str = "") -> str:
         uri = provisioning_uri(secret, uid)
+        self.set_header("Cache-Control", "no-store")  # the page shows the secret: never kept by a cache
         return await self.render_template("mfa_enrol.html", uid=uid, qr_svg=qr_svg(uri), secret=secret,
                                           error=error, xsrf=self.xsrf_token.decode("ascii"))
 
