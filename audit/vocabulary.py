@@ -74,6 +74,29 @@ ACTIONS: Mapping[str, ActionSpec] = _table(
         "reason such as bad_credentials, not_accredited, unknown_user.",
     ),
     ActionSpec("auth.logout", "A user logged out."),
+    ActionSpec(
+        "auth.mfa",
+        "The second factor (TOTP, hub/mfa.py). actor is the user, or the administrator for a reset; target "
+        "is the user. details.event is enrol, ok, failed, replay, locked (refused while locked), lockout "
+        "(a lockout began) or reset.",
+        needs_target=True,
+        details=("event",),
+    ),
+    ActionSpec(
+        "auth.revoke",
+        "The directory no longer accredits a user (left the enclave groups, disabled or deleted): their "
+        "servers were stopped, API tokens deleted and hub groups removed. target is the user; "
+        "details.reason says which, details.stopped / tokens / groups what was undone.",
+        needs_target=True,
+        details=("reason",),
+    ),
+    ActionSpec(
+        "auth.directory",
+        "The directory's reachability changed, as the hub's services see it. details.state is outage, "
+        "restored or grace_expired (running servers stopped after ldap.outage_grace_seconds).",
+        needs_target=True,
+        details=("state",),
+    ),
     # Notebook servers
     _server(
         "server.spawn",

@@ -5,6 +5,10 @@
 
 It is a real directory: slapd with the mdb backend, simple binds refused without TLS, anonymous reads
 refused, passwords stored salted (SSHA). A real site points policies/site.yaml at its own directory.
+
+It also holds the enclave's read-only service account, cn=enclave-reader,ou=services,<base> (password in
+``<dir>/reader.pw``, mode 600): the hub and the enforcer re-check users' groups with it
+(hub/accreditation.py). The ACL lets it read people and groups and write nothing.
 """
 
 from __future__ import annotations
@@ -102,8 +106,35 @@ rootdn "cn=admin,{base_dn}"
 rootpw {root_pw}
 directory {directory}/db
 access to attrs=userPassword by self =w by anonymous auth by * none
-access to * by users read by * none
+access to * by dn.exact="{reader_dn(base_dn)}" read by users read by * none
 """
+
+
+def reader_dn(base_dn: str) -> str:
+    return f"cn=enclave-reader,ou=services,{base_dn}"
+
+
+def ensure_reader(directory: Path, port: int, base_dn: str) -> None:
+    """The read-only service account, created (or its password set again from reader.pw) as the rootdn,
+    over StartTLS: idempotent, so an older demo directory gains it on the next start."""
+    pw_file = directory / "reader.pw"
+    if not pw_file.exists():
+        _write(pw_file, base64.urlsafe_b64encode(os.urandom(24)).rstrip(b"=") + b"\n")
+    password = pw_file.read_text().strip()
+    ldif = (f"dn: ou=services,{base_dn}\nchangetype: add\nobjectClass: organizationalUnit\nou: services\n\n"
+            f"dn: {reader_dn(base_dn)}\nchangetype: add\nobjectClass: organizationalRole\n"
+            f"objectClass: simpleSecurityObject\ncn: enclave-reader\nuserPassword: {ssha(password)}\n"
+            "description: read-only account of the research enclave hub (hub/accreditation.py)\n\n"
+            f"dn: {reader_dn(base_dn)}\nchangetype: modify\nreplace: userPassword\n"
+            f"userPassword: {ssha(password)}\n")
+    env = dict(os.environ, LDAPTLS_CACERT=str(directory / "ca.pem"))
+    # -y: the root password from its file, never on a command line that `ps` shows
+    result = subprocess.run(["ldapmodify", "-c", "-x", "-ZZ", "-H", f"ldap://127.0.0.1:{port}/",
+                             "-D", f"cn=admin,{base_dn}", "-y", str(directory / "rootpw")], input=ldif, text=True,
+                            env=env, capture_output=True, check=False)
+    if "modifying entry" not in result.stdout or result.returncode not in (0, 68):  # 68: already exists
+        raise SystemExit(f"cannot create the directory reader {reader_dn(base_dn)}: {result.stderr.strip()}")
+
 
 
 def seed_ldif(seed: dict) -> str:
@@ -153,10 +184,11 @@ def start(directory: Path, port: int, seed_path: Path) -> None:
     if shutil.which("slapd") is None and not Path("/usr/sbin/slapd").exists():
         raise SystemExit("slapd is not installed (apt-get install slapd ldap-utils)")
     directory.mkdir(parents=True, exist_ok=True)
+    seed = yaml.safe_load(seed_path.read_text())
     if running_pid(directory):
         wait_port(port)
+        ensure_reader(directory, port, seed["base_dn"])  # a directory started by an older version gains it
         return
-    seed = yaml.safe_load(seed_path.read_text())
     make_tls(directory)
     root_pw_file = directory / "rootpw"
     if not root_pw_file.exists():
@@ -177,6 +209,7 @@ def start(directory: Path, port: int, seed_path: Path) -> None:
         args += ["-u", "openldap", "-g", "openldap"]
     subprocess.run(args, check=True)
     wait_port(port)
+    ensure_reader(directory, port, seed["base_dn"])
 
 
 def _has_user(name: str) -> bool:

@@ -138,8 +138,9 @@ def hub_oauth() -> Any:
     """HubOAuth configured from the JUPYTERHUB_* environment the hub gives a managed service."""
     from exports.web import EnclaveHubOAuth
 
-    # a short cache: a stopped server's token stops working within a minute
-    return EnclaveHubOAuth(cache_max_age=60, allow_token_in_url=False)
+    # A short cache: a stopped server's token, or the token of a user the directory no longer accredits
+    # (deleted by hub/enforcer.py within 15 s), stops working here within 20 s more; well inside a minute.
+    return EnclaveHubOAuth(cache_max_age=20, allow_token_in_url=False)
 
 
 def start(

@@ -112,6 +112,7 @@ class Observed:
     """Why the exports service's OAuth client credentials fail at the hub; None: the round trip works."""
     free_bytes: int | None = None  # free space on the state directory's filesystem
     spool_problems: tuple[str, ...] = ()  # the audit spool missing, or holding records that wait for space
+    reader_password: FileView | None = None  # ldap.bind_password_file, the directory reader's password
 
 
 # ---- checks (pure) ------------------------------------------------------------------------------------
@@ -410,6 +411,21 @@ def check_disk(obs: Observed) -> Check:
     if obs.spool_problems:
         return Check("disk", True, f"{free_mib} MiB free; " + "; ".join(obs.spool_problems), warning=True)
     return Check("disk", True, f"{free_mib} MiB free under the state directory (warning below {floor} MiB)")
+def check_identity(obs: Observed) -> Check:
+    """Revocation within a minute needs the directory reader (hub/accreditation.py); its password is a secret."""
+    ldap, session = obs.site.ldap, obs.site.session
+    if not (ldap.bind_dn and ldap.bind_password_file):
+        return Check("identity", False, "site.yaml ldap.bind_dn / ldap.bind_password_file are not set: a "
+                     "revocation in the directory takes effect only at the user's next login")
+    f = obs.reader_password
+    if f is None or f.mode is None:
+        return Check("identity", False, f"{ldap.bind_password_file} (ldap.bind_password_file) is missing: "
+                     "accreditation cannot be re-read, so logins and spawns are refused")
+    if f.is_link or f.mode & 0o077:
+        return Check("identity", False, f"{f.path} is mode {f.mode:04o}{' (a link)' if f.is_link else ''}: "
+                     "the directory reader's password must be 0600")
+    return Check("identity", True, f"second factor required; accreditation re-read as {ldap.bind_dn}; "
+                 f"sessions {session.max_hours:g} h, idle logout {session.idle_logout_minutes} min")
 
 
 CHECKS: tuple[Callable[[Observed], Check], ...] = (
@@ -425,6 +441,7 @@ CHECKS: tuple[Callable[[Observed], Check], ...] = (
     check_enforcer,
     check_oauth,
     check_disk,
+    check_identity,
 )
 
 
@@ -663,6 +680,7 @@ def observe(paths: EnclavePaths) -> Observed:
         proxy_unauthenticated_status=_proxy_status(site),
         euid=os.geteuid(),
         lxcfs_problem=lxcfs_problem(),
+        reader_password=_file_view(Path(site.ldap.bind_password_file)) if site.ldap.bind_password_file else None,
         **_observe_engine(site),
         **_observe_services(paths, site),
     )

@@ -5,6 +5,14 @@ and saying so in the hub's log and on the audit trail) and stops every running s
 no longer allows: a removed or expired member, a suspended, closed or expired project, a user who lost
 accreditation. Spawns are checked by the spawner itself; this covers what is already running.
 
+Every ``ENCLAVE_DIRECTORY_EVERY`` seconds (default 15) it also asks the directory itself, with the
+read-only service account (hub/accreditation.py), about every user the hub knows: a user who left the
+enclave groups, was disabled or deleted has their servers stopped, their API and OAuth tokens deleted and
+their hub groups removed (``auth.revoke``), within a minute of the change, logged in or not. While the
+directory is unreachable nothing is revoked, running servers keep going for ``ldap.outage_grace_seconds``,
+then stop (``auth.directory``: outage, grace_expired, restored). Users idle in the browser for
+``session.idle_logout_minutes`` with no running server lose their tokens.
+
     python -m hub.enforcer        (started by the hub; see hub/jupyterhub_config.py)
 """
 
@@ -22,6 +30,7 @@ from pathlib import Path
 import requests
 
 from hub import runtime
+from hub.accreditation import AccreditationReader, DirectoryUnreachable
 from hub.auth import RESEARCHERS
 from hub.paths import EnclavePaths
 from hub.policy import Policy, PolicyError, PolicyStore, load_policy, policy_fingerprint
@@ -49,6 +58,9 @@ class Enforcer:
         self.fingerprint = None
         self.policy: Policy | None = None
         self.audit = runtime.audit_log(str(paths.state_dir))
+        self.outage_since: float | None = None
+        self.grace_expired = False
+        self.revoked: set[str] = set()  # users already revoked and audited, until the directory admits them
 
     # ---- policy -------------------------------------------------------------------------------
     def reload(self) -> None:
@@ -144,11 +156,136 @@ class Enforcer:
         self.audit.append_or_spool(actor=ACTOR, action="policy.enforce", project=server,
                                    target=f"{user}/{server}", outcome=outcome, details=details)
 
-    def run(self, every: float) -> None:
+    # ---- the directory: revocation, outage ---------------------------------------------------------
+    def all_users(self):
+        """Every user the hub knows, page by page."""
+        offset = 0
+        while True:
+            response = self.session.get(f"{self.api_url}/users", params={"offset": offset, "limit": 200},
+                                        headers={"Accept": "application/jupyterhub-pagination+json"}, timeout=10)
+            response.raise_for_status()
+            page = response.json()
+            yield from page["items"]
+            following = page["_pagination"].get("next")
+            if not following:
+                return
+            offset = following["offset"]
+
+    def check_directory(self) -> None:
+        """Revoke every user the directory no longer accredits; count an outage's grace period."""
+        if self.policy is None:
+            return
+        reader = AccreditationReader(self.policy.site.ldap)
+        if not reader.configured:
+            return
+        users = list(self.all_users())
+        try:
+            standings = reader.standings([u["name"] for u in users])
+        except DirectoryUnreachable as exc:
+            self.directory_down(str(exc), users)
+            return
+        self.directory_up()
+        for user in users:
+            reason = standings[user["name"]].refusal()
+            if reason:
+                self.revoke(user, reason)
+            else:
+                self.revoked.discard(user["name"])
+        self.idle_logout(users)
+
+    def directory_down(self, problem: str, users: list[dict]) -> None:
+        now = time.monotonic()
+        grace = self.policy.site.ldap.outage_grace_seconds
+        if self.outage_since is None:
+            self.outage_since = now
+            log.error("directory unreachable (%s): running servers keep going for %ds", problem, grace)
+            self.audit.append(actor=ACTOR, action="auth.directory", target="ldap", outcome="error",
+                              details={"state": "outage", "reason": problem[:500], "grace_seconds": grace})
+        if now - self.outage_since < grace or self.grace_expired:
+            return
+        self.grace_expired = True
+        stopped = [f"{u['name']}/{n}" for u in users for n, sv in (u.get("servers") or {}).items()
+                   if n and not sv.get("stopped")]
+        self.audit.append(actor=ACTOR, action="auth.directory", target="ldap", outcome="error",
+                          details={"state": "grace_expired", "reason": problem[:500], "stopping": stopped})
+        for entry in stopped:
+            user, server = entry.split("/", 1)
+            self.stop(user, server, f"the directory has been unreachable for more than {grace}s")
+
+    def directory_up(self) -> None:
+        if self.outage_since is None:
+            return
+        lasted = int(time.monotonic() - self.outage_since)
+        self.outage_since, self.grace_expired = None, False
+        log.info("directory reachable again after %ds", lasted)
+        self.audit.append(actor=ACTOR, action="auth.directory", target="ldap",
+                          details={"state": "restored", "outage_seconds": lasted})
+
+    def revoke(self, user: dict, reason: str) -> None:
+        """Stop the user's servers, delete their tokens, take them out of hub groups; audited once per
+        revocation, and again only if something came back (a token, a group)."""
+        name = user["name"]
+        stopped = []
+        for server, model in (user.get("servers") or {}).items():
+            if server and not model.get("stopped") and model.get("pending") != "stop":
+                self.stop(name, server, f"{name} is no longer accredited in the directory ({reason})")
+                stopped.append(server)
+        tokens = self.delete_tokens(name)
+        groups = self.leave_groups(name, user.get("groups") or [])
+        if stopped or tokens or groups or name not in self.revoked:
+            log.warning("revoked %s (%s): servers %s, %d tokens, groups %s", name, reason, stopped, tokens, groups)
+            self.audit.append(actor=ACTOR, action="auth.revoke", target=name, outcome="ok",
+                              details={"reason": reason, "stopped": stopped, "tokens": tokens, "groups": groups})
+        self.revoked.add(name)
+
+    def delete_tokens(self, name: str, keep=lambda token: False) -> int:
+        response = self.session.get(f"{self.api_url}/users/{name}/tokens", timeout=10)
+        response.raise_for_status()
+        gone = 0
+        for token in response.json().get("api_tokens", []):
+            if keep(token):
+                continue
+            deleted = self.session.delete(f"{self.api_url}/users/{name}/tokens/{token['id']}", timeout=10)
+            gone += deleted.status_code in (200, 204)
+        return gone
+
+    def leave_groups(self, name: str, groups: list[str]) -> list[str]:
+        left = []
+        for group in groups:
+            response = self.session.delete(f"{self.api_url}/groups/{group}/users", json={"users": [name]},
+                                           timeout=10)
+            if response.status_code in (200, 204):
+                left.append(group)
+            else:
+                log.error("removing %s from hub group %s: %s %s", name, group, response.status_code, response.text)
+        return left
+
+    def idle_logout(self, users: list[dict]) -> None:
+        """Users with no running server and no activity for the idle limit lose their tokens (their browser
+        cookie is refused by the hub itself, EnclaveAuthenticator.refresh_user)."""
+        limit = self.policy.site.session.idle_logout_minutes * 60
+        now = datetime.now(UTC)
+        for user in users:
+            active = any(n and not sv.get("stopped") for n, sv in (user.get("servers") or {}).items())
+            seen = user.get("last_activity")
+            if active or not seen:
+                continue
+            if (now - datetime.fromisoformat(seen)).total_seconds() < limit:
+                continue
+            gone = self.delete_tokens(user["name"])
+            if gone:
+                self.audit.append(actor=user["name"], action="auth.logout",
+                                  details={"reason": "idle", "tokens_revoked": gone, "by": ACTOR})
+
+    def run(self, every: float, directory_every: float = 15.0) -> None:
+        next_directory = 0.0
         while True:
             try:
                 self.reload()
                 self.enforce()
+                if time.monotonic() >= next_directory:
+                    next_directory = time.monotonic() + directory_every
+                    self.check_directory()
             except Exception:  # keep enforcing: a transient hub or disk error must not end the service
                 log.exception("policy enforcement pass failed")
             time.sleep(every)
@@ -158,7 +295,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s enclave-policy] %(message)s")
     paths = EnclavePaths.from_env()
     enforcer = Enforcer(paths, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
-    enforcer.run(float(os.environ.get("ENCLAVE_ENFORCE_EVERY", "2")))
+    enforcer.run(float(os.environ.get("ENCLAVE_ENFORCE_EVERY", "2")),
+                 float(os.environ.get("ENCLAVE_DIRECTORY_EVERY", "15")))
 
 
 if __name__ == "__main__":

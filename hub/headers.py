@@ -17,11 +17,13 @@ HUB_HEADERS = {
 }
 
 
-def browser_settings(public_url: str) -> dict:
+def browser_settings(public_url: str, max_age_days: float | None = None) -> dict:
     """The hub's ``tornado_settings`` for headers and cookies.
 
     Cookies are Lax, not Strict: a researcher following a link to the hub from elsewhere must arrive
     logged in. JupyterHub uses ``cookie_options`` for its session cookies and, by default, its _xsrf cookie.
-    They are Secure whenever the site is served over https."""
+    They are Secure whenever the site is served over https. With ``max_age_days`` (site.yaml
+    session.max_hours) the browser drops them then too: the hub also refuses an older cookie."""
     secure = {"secure": True} if public_url.startswith("https:") else {}
-    return {"headers": dict(HUB_HEADERS), "cookie_options": {"samesite": "Lax", **secure}}
+    expires = {"expires_days": max_age_days} if max_age_days else {}
+    return {"headers": dict(HUB_HEADERS), "cookie_options": {"samesite": "Lax", **secure, **expires}}

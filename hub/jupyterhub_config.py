@@ -75,6 +75,20 @@ c.EnclaveAuthenticator.tls_kwargs = tls
 c.EnclaveAuthenticator.bind_dn_template = [ldap.user_dn_template]
 c.EnclaveAuthenticator.allowed_groups = [group_dn(g, ldap.groups_base) for g in ENCLAVE_GROUPS]
 c.EnclaveAuthenticator.state_dir = str(paths.state_dir)
+# Second factor (hub/mfa.py) and accreditation re-read from the directory (hub/accreditation.py): every
+# 30 s per user and before each spawn, with the read-only service account; see EnclaveAuthenticator.
+c.EnclaveAuthenticator.mfa_lockout_after = site.mfa.lockout_after
+c.EnclaveAuthenticator.mfa_lockout_seconds = site.mfa.lockout_seconds
+c.EnclaveAuthenticator.reader_bind_dn = ldap.bind_dn or ""
+c.EnclaveAuthenticator.reader_password_file = ldap.bind_password_file or ""
+c.EnclaveAuthenticator.groups_base = ldap.groups_base
+c.EnclaveAuthenticator.user_dn_template = ldap.user_dn_template
+c.EnclaveAuthenticator.ca_file = ldap.ca_file or ""
+c.EnclaveAuthenticator.outage_grace_seconds = ldap.outage_grace_seconds
+c.EnclaveAuthenticator.idle_logout_seconds = site.session.idle_logout_minutes * 60
+# Bounded sessions: the hub cookie lasts session.max_hours at most (the browser drops it then, and the hub
+# refuses an older one); OAuth tokens of services default to the same age.
+c.JupyterHub.cookie_max_age_days = site.session.max_hours / 24
 c.Authenticator.admin_users = set()  # no JupyterHub superuser: admins get the enclave-admin role only
 c.JupyterHub.custom_scopes = {
     "custom:exports:request": {"description": "Create and follow export requests for your own projects."},
@@ -96,7 +110,9 @@ c.JupyterHub.load_roles = enclave_roles() + [
     {
         "name": "enclave-policy",
         "services": ["enclave-policy"],
-        "scopes": ["list:users", "read:users", "read:servers", "delete:servers"],
+        # tokens and groups: a user the directory no longer accredits loses their tokens and hub groups.
+        "scopes": ["list:users", "read:users", "read:servers", "delete:servers", "tokens", "groups",
+                   "list:groups"],
     },
 ]
 
@@ -168,7 +184,8 @@ c.JupyterHub.services = [
         "environment": {
             "ENCLAVE_STATE_DIR": str(paths.state_dir),
             "ENCLAVE_POLICY_DIR": str(paths.policy_dir),
-            **{k: v for k, v in os.environ.items() if k.startswith("ENCLAVE_AUDIT_") or k == "ENCLAVE_ENFORCE_EVERY"},
+            **{k: v for k, v in os.environ.items()
+               if k.startswith("ENCLAVE_AUDIT_") or k in ("ENCLAVE_ENFORCE_EVERY", "ENCLAVE_DIRECTORY_EVERY")},
         },
     },
 ]
@@ -194,5 +211,13 @@ c.JupyterHub.tornado_settings = {
     "log_function": audited_log_function(str(paths.state_dir)),
     # Lets the spawner see which request asked for a stop, so each stop is recorded once (hub/audit_hooks.py).
     "transforms": [RequestContext],
-    **browser_settings(site.public_url),
+    **browser_settings(site.public_url, max_age_days=site.session.max_hours / 24),
 }
+
+# ---- a site's own additions (docs/OPERATIONS.md section 6: its own identity provider) ----------------
+# Loaded last, so that it can replace the authenticator; the roles, spawner and services above stay.
+_site_config = os.environ.get("ENCLAVE_HUB_EXTRA_CONFIG")
+if _site_config:
+    if not os.path.isfile(_site_config):
+        sys.exit(f"enclave: ENCLAVE_HUB_EXTRA_CONFIG={_site_config}: no such file")
+    load_subconfig(_site_config)  # noqa: F821 -- provided by JupyterHub when it loads this file

@@ -126,7 +126,26 @@ class LdapSettings:
     user_dn_template: str
     groups_base: str
     bind_dn: str | None = None
+    """The read-only service account that re-checks users' groups (hub/accreditation.py)."""
     bind_password_file: str | None = None
+    outage_grace_seconds: int = 900
+    """While the directory is unreachable, running servers keep going this long; new logins and spawns
+    are refused at once."""
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    max_hours: float = 12
+    """The hub cookie's maximum age: a login lasts at most this long."""
+    idle_logout_minutes: int = 60
+    """A browser session with no request for this long is logged out."""
+
+
+@dataclass(frozen=True)
+class MfaPolicy:
+    lockout_after: int = 5
+    """Consecutive wrong one-time codes that lock the user's second factor."""
+    lockout_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,8 @@ class Site:
     """Caps on canonical export outputs (exports.canonical.Limits); absent keys keep the defaults."""
     disk_min_free_mib: int = 512
     """``enclave doctor`` warns when the state directory's filesystem has less free space than this."""
+    session: SessionSettings = field(default_factory=SessionSettings)
+    mfa: MfaPolicy = field(default_factory=MfaPolicy)
 
 
 @dataclass(frozen=True)
@@ -221,8 +242,9 @@ def _resources(raw: Mapping[str, Any], defaults: Resources) -> Resources:
 
 def build_site(doc: Mapping[str, Any], state_dir: Path) -> Site:
     ldap = dict(doc["ldap"])
-    if ldap.get("ca_file"):
-        ldap["ca_file"] = ldap["ca_file"].replace("{state}", str(state_dir))
+    for key in ("ca_file", "bind_password_file"):
+        if ldap.get(key):
+            ldap[key] = ldap[key].replace("{state}", str(state_dir))
     ldap.setdefault("server_port", 636 if ldap.get("tls_strategy") == "on_connect" else 389)
     ldap.setdefault("tls_strategy", "before_bind")
     return Site(
@@ -238,6 +260,8 @@ def build_site(doc: Mapping[str, Any], state_dir: Path) -> Site:
         ldap=LdapSettings(**ldap),
         canonical_outputs=dict(doc.get("canonical_outputs", {})),
         disk_min_free_mib=doc.get("disk", {}).get("min_free_mib", 512),
+        session=SessionSettings(**doc.get("session", {})),
+        mfa=MfaPolicy(**doc.get("mfa", {})),
     )
 
 

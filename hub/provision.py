@@ -486,6 +486,30 @@ def cmd_policy_reload(args, paths):
     raise CLIError(f"the hub did not pick up the policy within {args.wait}s (is it running? {status_path(paths)})")
 
 
+def cmd_user_reset_mfa(args, paths):
+    """Forget a user's second factor (a lost phone): they enrol again at their next login. Only a
+    directory-authenticated administrator may, and it is on the audit trail with who did it."""
+    from hub.mfa import MfaError, MfaStore
+    from hub.runtime import audit_log
+
+    actor, directory = as_admin(args, paths)
+    try:
+        person = directory.person(args.uid)
+    finally:
+        directory.close()
+    if not person.exists:
+        raise CLIError(f"user reset-mfa: '{args.uid}' not found in directory")
+    try:
+        had = MfaStore(paths.state_dir).reset(args.uid)
+    except MfaError as exc:
+        raise CLIError(f"user reset-mfa: {exc}") from exc
+    if not had:
+        raise CLIError(f"user reset-mfa: '{args.uid}' has no second factor enrolled; nothing changed")
+    audit_log(str(paths.state_dir)).append(actor=actor, action="auth.mfa", target=args.uid,
+                                           details={"event": "reset"})
+    print(f"{args.uid}'s second factor is reset: they enrol a new one at their next login")
+
+
 # ---- argument parsing --------------------------------------------------------------------------------
 
 def _changer(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -546,6 +570,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_dataset_detach)
     p = dataset.add_parser("list", help="catalogued datasets, their grants and publications")
     p.set_defaults(handler=cmd_dataset_list)
+
+    user = command_group(subparsers, "user", "researchers' login factors")
+    p = user.add_parser("reset-mfa", help="forget a user's second factor; they enrol again at next login")
+    p.add_argument("uid")
+    _operator(p)
+    p.set_defaults(handler=cmd_user_reset_mfa)
 
     policy = command_group(subparsers, "policy", "validate, diff and reload policy files")
     p = policy.add_parser("validate", help="validate every policy file (exit 1 on an error)")

@@ -4,6 +4,8 @@ ports with their own state directory, network prefix and firewall rules, all rem
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -29,6 +31,12 @@ PYTHON = sys.executable
 IMAGE = os.environ.get("ENCLAVE_TEST_IMAGE", "enclave/notebook:0.1")
 CHP = os.environ.get("ENCLAVE_CHP", "/opt/enclave/node/node_modules/.bin/configurable-http-proxy")
 BASE_DN = "dc=enclave,dc=test"
+
+
+def ssha(password: str) -> str:
+    """A salted SHA-1 userPassword, as deploy/localldap.py stores them."""
+    salt = os.urandom(8)
+    return "{SSHA}" + base64.b64encode(hashlib.sha1(password.encode() + salt).digest() + salt).decode()
 
 
 def free_port() -> int:
@@ -76,6 +84,48 @@ class Directory:
     def stop(self) -> None:
         subprocess.run([PYTHON, REPO / "deploy/localldap.py", "stop", "--dir", self.dir], check=False)
 
+    # ---- what a directory administrator does (as the rootdn, over StartTLS) ----------------------
+    @property
+    def reader_password_file(self) -> Path:
+        return self.dir / "reader.pw"
+
+    def modify(self, ldif: str) -> None:
+        """ldapmodify as the directory's administrator; raises with ldapmodify's message on failure."""
+        result = subprocess.run(
+            ["ldapmodify", "-x", "-ZZ", "-H", f"ldap://127.0.0.1:{self.port}/", "-D", f"cn=admin,{BASE_DN}",
+             "-y", str(self.dir / "rootpw")], input=ldif, text=True, capture_output=True, check=False,
+            env=dict(os.environ, LDAPTLS_CACERT=str(self.dir / "ca.pem")),
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"ldapmodify failed ({result.returncode}): {result.stderr.strip()}\n{ldif}")
+
+    def user_dn(self, uid: str) -> str:
+        return f"uid={uid},ou=people,{BASE_DN}"
+
+    def add_user(self, uid: str, groups: list[str] = (), password: str | None = None) -> None:
+        self.modify(f"dn: {self.user_dn(uid)}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\n"
+                    f"cn: Test {uid}\nsn: {uid}\nuserPassword: {ssha(password or f'demo-{uid}')}\n")
+        for group in groups:
+            self.add_to_group(uid, group)
+
+    def add_to_group(self, uid: str, group: str) -> None:
+        self.modify(f"dn: cn={group},ou=groups,{BASE_DN}\nchangetype: modify\nadd: member\n"
+                    f"member: {self.user_dn(uid)}\n")
+
+    def remove_from_group(self, uid: str, group: str) -> None:
+        self.modify(f"dn: cn={group},ou=groups,{BASE_DN}\nchangetype: modify\ndelete: member\n"
+                    f"member: {self.user_dn(uid)}\n")
+
+    def delete_user(self, uid: str, groups: list[str] = ()) -> None:
+        for group in groups:
+            self.remove_from_group(uid, group)
+        self.modify(f"dn: {self.user_dn(uid)}\nchangetype: delete\n")
+
+    def disable(self, uid: str) -> None:
+        """Suspend the account as hub/accreditation.py defines it: shadowExpire in the past."""
+        self.modify(f"dn: {self.user_dn(uid)}\nchangetype: modify\nadd: objectClass\nobjectClass: shadowAccount\n"
+                    f"-\nadd: shadowExpire\nshadowExpire: 1\n")
+
 
 @dataclass
 class Hub:
@@ -121,7 +171,8 @@ class Hub:
             proxy_api_port=self.api_port,
             exports_port=self.exports_port,
         )
-        site["ldap"].update(server_port=self.directory.port, ca_file=str(self.directory.dir / "ca.pem"))
+        site["ldap"].update(server_port=self.directory.port, ca_file=str(self.directory.dir / "ca.pem"),
+                            bind_password_file=str(self.directory.reader_password_file))
         (self.policy / "site.yaml").write_text(yaml.safe_dump(site, sort_keys=False))
         (self.state / "hub").mkdir(parents=True)
         (self.state / "logs").mkdir()
@@ -132,7 +183,35 @@ class Hub:
             path.write_text(secrets.token_hex(32))
             path.chmod(0o600)
         publish_demo_data(self.state, self.policy)
+        self.enrol_demo_users()
         return self
+
+    # ---- the second factor ----------------------------------------------------------------------
+    def enrol_demo_users(self) -> None:
+        """What deploy/demo does: every demo user enrolled, secrets in state/demo-totp/<uid>."""
+        seed = getattr(self.directory, "seed", None) or REPO / "deploy/demo-directory.yaml"  # bench: its own
+        subprocess.run([PYTHON, "-m", "hub.mfa", "enrol-demo", str(self.state), "--seed", str(seed)],
+                       check=True, cwd=REPO, env=self.env(),
+                       stdout=subprocess.DEVNULL)
+
+    def totp_secret(self, user: str) -> str:
+        return (self.state / "demo-totp" / user).read_text().strip()
+
+    def totp_code(self, user: str, secret: str | None = None) -> str:
+        """A code the hub accepts now: for the current 30 s step, or the next one if the current step was
+        used already (a code is good once). Waits if even the next step is used."""
+        import pyotp
+
+        from hub.mfa import STEP, MfaStore
+
+        totp = pyotp.TOTP(secret or self.totp_secret(user))
+        while True:
+            last = MfaStore(self.state).last_step(user)
+            now_step = int(time.time() // STEP)
+            step = max(now_step, (last if last is not None else -1) + 1)
+            if step <= now_step + 1:
+                return totp.at(step * STEP)
+            time.sleep((step - 1) * STEP - time.time() + 0.2)
 
     def start(self, timeout: float = 60) -> Hub:
         if "proxy" not in self.procs or self.procs["proxy"].poll() is not None:
@@ -235,15 +314,20 @@ def publish_demo_data(state: Path, policy: Path) -> None:
 class HubClient:
     """A browser-like session of one user against a hub: form login, then the REST API with xsrf."""
 
-    def __init__(self, hub: Hub, user: str, password: str | None = None):
+    def __init__(self, hub: Hub, user: str, password: str | None = None, otp: str | None = None):
         self.hub, self.user = hub, user
         self.password = password if password is not None else f"demo-{user}"
+        self.otp = otp
+        """A fixed one-time code; None: compute the right one from the user's demo secret."""
         self.session = requests.Session()
 
     def login(self) -> requests.Response:
         page = self.session.get(f"{self.hub.url}/hub/login", timeout=10)
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
-        data = {"username": self.user, "password": self.password}
+        otp = self.otp
+        if otp is None:
+            otp = self.hub.totp_code(self.user) if (self.hub.state / "demo-totp" / self.user).exists() else ""
+        data = {"username": self.user, "password": self.password, "otp": otp}
         if xsrf:
             data["_xsrf"] = xsrf.group(1)
         return self.session.post(f"{self.hub.url}/hub/login", data=data, allow_redirects=False, timeout=30)

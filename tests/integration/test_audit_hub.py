@@ -30,7 +30,7 @@ def test_login_spawn_stop_are_on_a_verifiable_trail(hub, capsys):
     logins = [(r["actor"], r["outcome"], r["details"]["reason"]) for r in records(hub, action="auth.login")]
     assert ("alice", "denied", "invalid username or password") in logins
     assert ("mallory", "denied", "not in any enclave group (not accredited)") in logins
-    assert ("alice", "ok", "password verified by LDAP") in logins
+    assert ("alice", "ok", "password and second factor verified") in logins
 
     refused = [r for r in records(hub, action="server.spawn", actor="bob") if r["outcome"] == "denied"]
     assert refused and "bob is not a member of project demo-cardio" in refused[-1]["details"]["reason"]

@@ -23,6 +23,7 @@ def test_alice_logs_in_and_works_in_jupyterlab(hub):
         page.goto(f"{hub.url}/hub/login")
         page.fill("#username_input", "alice")
         page.fill("#password_input", "demo-alice")
+        page.fill("#otp_input", hub.totp_code("alice"))
         page.click("#login_submit")
         page.wait_for_url(re.compile(r".*/hub/home$"))
         row = page.locator("#project-demo-cardio")

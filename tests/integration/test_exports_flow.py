@@ -85,6 +85,7 @@ def checker_page(browser, hub, user):
     page.goto(f"{hub.url}/hub/login")
     page.fill("#username_input", user)
     page.fill("#password_input", f"demo-{user}")
+    page.fill("#otp_input", hub.totp_code(user))
     page.click("#login_submit")
     page.wait_for_url(re.compile(r".*/hub/home"))
     return page

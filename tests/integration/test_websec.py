@@ -319,7 +319,8 @@ def test_the_login_never_redirects_off_site(tight, target):
     client = HubClient(tight, "carol")
     page = client.session.get(f"{tight.url}/hub/login", params={"next": target}, timeout=10)
     xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
-    data = {"username": "carol", "password": "demo-carol", **({"_xsrf": xsrf.group(1)} if xsrf else {})}
+    data = {"username": "carol", "password": "demo-carol", "otp": tight.totp_code("carol"),
+            **({"_xsrf": xsrf.group(1)} if xsrf else {})}
     response = client.session.post(f"{tight.url}/hub/login", params={"next": target}, data=data,
                                    allow_redirects=False, timeout=30)
     assert response.status_code == 302

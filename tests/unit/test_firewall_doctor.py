@@ -34,6 +34,8 @@ SITE = build_site(
             "ca_file": None,
             "user_dn_template": "uid={username},ou=people,dc=x",
             "groups_base": "ou=groups,dc=x",
+            "bind_dn": "cn=enclave-reader,ou=services,dc=x",
+            "bind_password_file": "{state}/ldap/reader.pw",
         },
     },
     Path("/state"),
@@ -143,6 +145,7 @@ def sound(**changes) -> Observed:
         proxy_token="0123456789abcdef" * 4,
         proxy_unauthenticated_status=403,
         **running_services(),
+        reader_password=FileView("/state/ldap/reader.pw", 0o600),
     )
     return dataclasses.replace(obs, **changes)
 
@@ -161,6 +164,13 @@ def running_services() -> dict:
         "exports_oauth": None,
         "free_bytes": 10 * 1024**3,
     }
+
+
+def test_identity_needs_the_directory_reader_and_a_private_password():
+    no_reader = dataclasses.replace(SITE, ldap=dataclasses.replace(SITE.ldap, bind_dn=None))
+    assert "next login" in failing(sound(site=no_reader))["identity"]
+    assert "missing" in failing(sound(reader_password=FileView("/state/ldap/reader.pw", None)))["identity"]
+    assert "0600" in failing(sound(reader_password=FileView("/state/ldap/reader.pw", 0o644)))["identity"]
 
 
 def failing(obs: Observed) -> dict[str, str]:
@@ -309,6 +319,7 @@ def test_the_command_prints_one_line_per_check_and_exits_3_on_a_weakness(monkeyp
         ["OK", "enforcer"],
         ["OK", "oauth"],
         ["OK", "disk"],
+        ["OK", "identity"],
     ]
 
 
@@ -317,7 +328,7 @@ def test_the_command_exits_0_and_speaks_json(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(firewall, "listing", lambda: "# iptables ENCLAVE-INPUT\n-A ...")
     assert main(["--state-dir", str(tmp_path), "doctor", "--json", "--rules"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["ok"] is True and len(doc["checks"]) == 12 and doc["rules"].startswith("# iptables")
+    assert doc["ok"] is True and len(doc["checks"]) == 13 and doc["rules"].startswith("# iptables")
 
 
 def test_lxcfs_down_is_a_weakness_that_says_what_to_do():
