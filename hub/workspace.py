@@ -24,7 +24,10 @@ class WorkspaceError(RuntimeError):
 
 
 def _run(*cmd: str, ok: tuple[int, ...] = (0,)) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as exc:  # the tool itself is missing or not executable
+        raise WorkspaceError(f"{cmd[0]} cannot run: {exc.strerror}") from exc
     if proc.returncode not in ok:
         raise WorkspaceError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip()}")
 
