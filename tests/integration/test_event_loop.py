@@ -80,21 +80,22 @@ def test_hub_api_answers_while_a_first_spawn_prepares_its_filesystem(slow_hub):
         site = yaml.safe_load(site_before)
         site["image"] = "enclave/notebook:swapped-mid-spawn"
         site_path.write_text(yaml.safe_dump(site, sort_keys=False))
+        # Only requests answered while the preparation runs count: a blocked loop answers the first one
+        # when mkfs ends (about MKFS_SECONDS later), and then there is no time left for the others.
         timings = []
-        for _ in range(SAMPLES):
+        while len(timings) < SAMPLES and not Path(f"{marker}.done").exists():
             started = time.monotonic()
             response = alice.api("GET", "/user")
             timings.append(time.monotonic() - started)
             assert response.status_code == 200 and response.json()["name"] == "alice"
             time.sleep(0.05)
-        during = not Path(f"{marker}.done").exists()
     finally:
         spawn.join(120)
     timings.sort()
-    p50, p95 = statistics.median(timings), timings[int(0.95 * len(timings)) - 1]
+    p50, p95 = statistics.median(timings), timings[max(0, int(0.95 * len(timings)) - 1)]
     print(f"GET /hub/api/user during a {MKFS_SECONDS} s filesystem preparation: {len(timings)} requests, "
           f"p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, max {timings[-1] * 1000:.1f} ms")
-    assert during, "every request was measured while the filesystem was being prepared"
+    assert len(timings) >= 50, f"only {len(timings)} requests were answered during the {MKFS_SECONDS} s preparation"
     assert p95 <= P95_LIMIT, f"p95 {p95 * 1000:.0f} ms > {P95_LIMIT * 1000:.0f} ms: the hub's event loop was blocked"
 
     # One policy for the whole spawn: the one it read when it started.
