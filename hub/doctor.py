@@ -96,7 +96,9 @@ class Observed:
     euid: int = 0
     lxcfs_problem: str | None = None  # why lxcfs cannot serve the containers' /proc files; None: it can
     internal_tls_problems: tuple[str, ...] = ()  # the internal CA on disk (hub/internal_tls.py)
-    hub_speaks: str | None = None  # what the hub's internal port answers: "tls", "http", or None (not running)
+    hub_speaks: str | None = (
+        None  # what the hub's internal port answers: "tls", "http", or None (not running)
+    )
 
 
 # ---- checks (pure) ------------------------------------------------------------------------------------
@@ -307,7 +309,9 @@ def check_proxy_token(obs: Observed) -> Check:
 def tls_problems(obs: Observed) -> list[str]:
     problems = list(obs.internal_tls_problems)
     if obs.hub_speaks == "http":
-        problems.append(f"the hub answers plain HTTP on 127.0.0.1:{obs.site.hub_internal_port}: internal_ssl is off")
+        problems.append(
+            f"the hub answers plain HTTP on 127.0.0.1:{obs.site.hub_internal_port}: internal_ssl is off"
+        )
     for c in obs.containers:
         env = {e.split("=", 1)[0] for e in (c.attrs.get("Config") or {}).get("Env") or []}
         if "JUPYTERHUB_SSL_KEYFILE" not in env:
@@ -321,8 +325,12 @@ def check_internal_tls(obs: Observed) -> Check:
     if problems:
         return Check("tls", False, "; ".join(problems))
     hub = {"tls": "the hub answers TLS only", None: "the hub is not running"}[obs.hub_speaks]
-    return Check("tls", True, f"internal_ssl on: the internal CA is 0700 with 0600 keys; {hub}; "
-                 f"{count(len(obs.containers), 'running server')} with TLS")
+    return Check(
+        "tls",
+        True,
+        f"internal_ssl on: the internal CA is 0700 with 0600 keys; {hub}; "
+        f"{count(len(obs.containers), 'running server')} with TLS",
+    )
 
 
 CHECKS: tuple[Callable[[Observed], Check], ...] = (
@@ -421,13 +429,20 @@ def _proxy_status(site: Site) -> int | None:
     insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # we ask, we don't trust the answer
     for scheme in ("https", "http"):
         try:
-            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{site.proxy_api_port}/api/routes", timeout=5,
-                                        context=insecure if scheme == "https" else None) as resp:
+            with urllib.request.urlopen(
+                f"{scheme}://127.0.0.1:{site.proxy_api_port}/api/routes",
+                timeout=5,
+                context=insecure if scheme == "https" else None,
+            ) as resp:
                 return resp.status
         except urllib.error.HTTPError as exc:
             return exc.code
         except urllib.error.URLError as exc:
-            if scheme == "https" and isinstance(exc.reason, ssl.SSLError) and "CERTIFICATE_REQUIRED" in str(exc.reason):
+            if (
+                scheme == "https"
+                and isinstance(exc.reason, ssl.SSLError)
+                and "CERTIFICATE_REQUIRED" in str(exc.reason)
+            ):
                 return CERTIFICATE_REQUIRED
         except OSError:
             pass

@@ -118,12 +118,22 @@ def proxy_args(state_dir: Path) -> list[str]:
     The API asks for a client certificate and refuses without one; so do the servers it proxies to."""
     api, client = record_files(state_dir, "proxy-api"), record_files(state_dir, "proxy-client")
     return [
-        "--api-ssl-key", str(api["key"]), "--api-ssl-cert", str(api["cert"]),
-        "--api-ssl-ca", str(trust_bundle(state_dir, "proxy-api-ca")),
-        "--api-ssl-request-cert", "--api-ssl-reject-unauthorized",
-        "--client-ssl-key", str(client["key"]), "--client-ssl-cert", str(client["cert"]),
-        "--client-ssl-ca", str(trust_bundle(state_dir, "proxy-client-ca")),
-        "--client-ssl-request-cert", "--client-ssl-reject-unauthorized",
+        "--api-ssl-key",
+        str(api["key"]),
+        "--api-ssl-cert",
+        str(api["cert"]),
+        "--api-ssl-ca",
+        str(trust_bundle(state_dir, "proxy-api-ca")),
+        "--api-ssl-request-cert",
+        "--api-ssl-reject-unauthorized",
+        "--client-ssl-key",
+        str(client["key"]),
+        "--client-ssl-cert",
+        str(client["cert"]),
+        "--client-ssl-ca",
+        str(trust_bundle(state_dir, "proxy-client-ca")),
+        "--client-ssl-request-cert",
+        "--client-ssl-reject-unauthorized",
     ]
 
 
@@ -176,11 +186,16 @@ def sign_server(state_dir: Path, container: str, address: str, owner: tuple[int,
         ca_key = serialization.load_pem_private_key(ca["key"].read_bytes(), password=None)
         bundle = trust_bundle(state_dir, "notebooks-ca").read_bytes()
     except OSError as exc:
-        raise InternalTLSError(f"cannot read the notebooks authority ({exc.filename}): {exc.strerror}") from exc
+        raise InternalTLSError(
+            f"cannot read the notebooks authority ({exc.filename}): {exc.strerror}"
+        ) from exc
     key = ec.generate_private_key(ec.SECP256R1())  # fast to make at every spawn, unlike RSA
     now = dt.datetime.now(dt.UTC)
-    names = [x509.IPAddress(ipaddress.ip_address(address)), x509.DNSName("localhost"),
-             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    names = [
+        x509.IPAddress(ipaddress.ip_address(address)),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, container)]))
@@ -190,14 +205,17 @@ def sign_server(state_dir: Path, container: str, address: str, owner: tuple[int,
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=SERVER_CERT_DAYS))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=True,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     folder = server_dir(state_dir, container)
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     _write(folder / SERVER_FILES["keyfile"], key_pem, 0o600, owner)
     _write(folder / SERVER_FILES["certfile"], cert.public_bytes(serialization.Encoding.PEM), 0o644, owner)
     _write(folder / SERVER_FILES["cafile"], bundle, 0o644, owner)
@@ -242,9 +260,12 @@ def problems(state_dir: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub.internal_tls", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["ensure", "proxy-args"],
-                        help="ensure: make the internal CA and pairs (idempotent); proxy-args: print the "
-                        "proxy's TLS options, one per line")
+    parser.add_argument(
+        "command",
+        choices=["ensure", "proxy-args"],
+        help="ensure: make the internal CA and pairs (idempotent); proxy-args: print the "
+        "proxy's TLS options, one per line",
+    )
     parser.add_argument("state_dir", type=Path)
     args = parser.parse_args(argv)
     ensure_authorities(args.state_dir)

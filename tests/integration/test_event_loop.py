@@ -74,7 +74,9 @@ def test_hub_api_answers_while_a_first_spawn_prepares_its_filesystem(slow_hub):
     spawn = threading.Thread(target=lambda: spawned.update(response=bob.start(PROJECT)))
     spawn.start()
     try:
-        wait_for(lambda: Path(f"{marker}.started").exists(), 60, "the workspace filesystem preparation to start")
+        wait_for(
+            lambda: Path(f"{marker}.started").exists(), 60, "the workspace filesystem preparation to start"
+        )
         # The policy changes in the middle of the spawn: a site image that does not exist. A spawn that
         # read the policy again after this point would start (or fail on) that image.
         site = yaml.safe_load(site_before)
@@ -93,10 +95,16 @@ def test_hub_api_answers_while_a_first_spawn_prepares_its_filesystem(slow_hub):
         spawn.join(120)
     timings.sort()
     p50, p95 = statistics.median(timings), timings[max(0, int(0.95 * len(timings)) - 1)]
-    print(f"GET /hub/api/user during a {MKFS_SECONDS} s filesystem preparation: {len(timings)} requests, "
-          f"p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, max {timings[-1] * 1000:.1f} ms")
-    assert len(timings) >= 50, f"only {len(timings)} requests were answered during the {MKFS_SECONDS} s preparation"
-    assert p95 <= P95_LIMIT, f"p95 {p95 * 1000:.0f} ms > {P95_LIMIT * 1000:.0f} ms: the hub's event loop was blocked"
+    print(
+        f"GET /hub/api/user during a {MKFS_SECONDS} s filesystem preparation: {len(timings)} requests, "
+        f"p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, max {timings[-1] * 1000:.1f} ms"
+    )
+    assert len(timings) >= 50, (
+        f"only {len(timings)} requests were answered during the {MKFS_SECONDS} s preparation"
+    )
+    assert p95 <= P95_LIMIT, (
+        f"p95 {p95 * 1000:.0f} ms > {P95_LIMIT * 1000:.0f} ms: the hub's event loop was blocked"
+    )
 
     # One policy for the whole spawn: the one it read when it started.
     assert spawned["response"].status_code in (201, 202), spawned["response"].text
@@ -105,17 +113,25 @@ def test_hub_api_answers_while_a_first_spawn_prepares_its_filesystem(slow_hub):
     assert container.attrs["Config"]["Image"] == hub.site_image, "the spawn used the policy it started with"
     from audit import AuditLog
 
-    started = [r for r in AuditLog.open(hub.state).records()
-               if r.get("action") == "server.start" and r.get("target") == f"bob/{PROJECT}"]
+    started = [
+        r
+        for r in AuditLog.open(hub.state).records()
+        if r.get("action") == "server.start" and r.get("target") == f"bob/{PROJECT}"
+    ]
     assert started and started[-1]["details"]["image"] == hub.site_image
 
     # The hub did take the new policy: a spawn that starts now reads it, and fails on its missing image.
     site_path.write_text(yaml.safe_dump(site, sort_keys=False))
     response = alice.start("demo-cardio")
     if response.status_code in (201, 202):
-        wait_for(lambda: alice.server("demo-cardio") is None, 60, "alice's spawn on the missing image to fail")
-    failed = [r for r in AuditLog.open(hub.state).records()
-              if r.get("action") == "server.spawn" and r.get("target") == "alice/demo-cardio"]
+        wait_for(
+            lambda: alice.server("demo-cardio") is None, 60, "alice's spawn on the missing image to fail"
+        )
+    failed = [
+        r
+        for r in AuditLog.open(hub.state).records()
+        if r.get("action") == "server.spawn" and r.get("target") == "alice/demo-cardio"
+    ]
     assert failed and "swapped-mid-spawn" in failed[-1]["details"]["reason"], failed
     site_path.write_text(site_before)
     bob.stop(PROJECT)

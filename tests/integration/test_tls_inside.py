@@ -31,8 +31,11 @@ SERVER_PORT = 8888  # DockerSpawner's port inside the container
 @contextmanager
 def capture(interface: str):
     """Debian's tcpdump on ``interface``; yields a list that holds the TCP segments with payload afterwards."""
-    proc = subprocess.Popen(["tcpdump", "-i", interface, "-U", "-n", "-w", "-", "tcp"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["tcpdump", "-i", interface, "-U", "-n", "-w", "-", "tcp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     segments: list[tuple[str, int, str, int, bytes]] = []
     try:
         line = proc.stderr.readline().decode()  # "listening on <if>, ..." once it captures
@@ -51,7 +54,7 @@ def tcp_payloads(pcap: bytes):
     offset = 24
     while offset + 16 <= len(pcap):
         length = struct.unpack_from("<I", pcap, offset + 8)[0]
-        frame = pcap[offset + 16: offset + 16 + length]
+        frame = pcap[offset + 16 : offset + 16 + length]
         offset += 16 + length
         if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
             continue
@@ -60,7 +63,7 @@ def tcp_payloads(pcap: bytes):
         total = struct.unpack_from(">H", ip, 2)[0]
         tcp = ip[ihl:total]
         sport, dport = struct.unpack_from(">HH", tcp, 0)
-        payload = tcp[(tcp[12] >> 4) * 4:]
+        payload = tcp[(tcp[12] >> 4) * 4 :]
         if payload:
             yield ".".join(map(str, ip[12:16])), sport, ".".join(map(str, ip[16:20])), dport, bytes(payload)
 
@@ -83,21 +86,30 @@ def alice(hub, client):
 def test_hub_proxy_and_server_speak_only_tls_on_the_project_bridge(hub, alice):
     alice.spawn(PROJECT)  # the project's network and bridge exist from here on
     alice.stop(PROJECT)
-    token = alice.api("POST", "/users/alice/tokens",
-                      json={"scopes": [f"access:servers!server=alice/{PROJECT}"]}).json()["token"]
+    token = alice.api(
+        "POST", "/users/alice/tokens", json={"scopes": [f"access:servers!server=alice/{PROJECT}"]}
+    ).json()["token"]
     with capture(bridge_name(f"{hub.prefix}{PROJECT}")) as segments:
         alice.spawn(PROJECT)  # the hub waits for the server, the server asks the hub (gate) who it is
         for _ in range(3):
-            response = requests.get(f"{hub.url}/user/alice/{PROJECT}/api/status",
-                                    headers={"Authorization": f"token {token}"}, timeout=10)
+            response = requests.get(
+                f"{hub.url}/user/alice/{PROJECT}/api/status",
+                headers={"Authorization": f"token {token}"},
+                timeout=10,
+            )
             assert response.status_code == 200, response.text
     to_server = [s for s in segments if s[3] == SERVER_PORT]
     from_server = [s for s in segments if s[1] == SERVER_PORT]
     to_gate = [s for s in segments if s[3] == hub.hub_port]
-    print(f"captured {len(segments)} segments with payload: {len(to_server)} to the server, "
-          f"{len(from_server)} from it, {len(to_gate)} to the gate")
-    for name, flow in (("proxy/hub -> server", to_server), ("server -> proxy/hub", from_server),
-                       ("server -> gate", to_gate)):
+    print(
+        f"captured {len(segments)} segments with payload: {len(to_server)} to the server, "
+        f"{len(from_server)} from it, {len(to_gate)} to the gate"
+    )
+    for name, flow in (
+        ("proxy/hub -> server", to_server),
+        ("server -> proxy/hub", from_server),
+        ("server -> gate", to_gate),
+    ):
         assert flow, f"no {name} traffic was captured"
         assert any(is_tls_record(p[4], 22) for p in flow), f"{name}: no TLS handshake"
         assert any(is_tls_record(p[4], 23) for p in flow), f"{name}: no TLS application data"
@@ -140,17 +152,36 @@ def test_plain_http_and_callers_without_a_certificate_are_refused(hub, alice):
     assert "HTTP/1.1 200" in with_cert, f"the server's own certificate passes: {out}"
     container.reload()
     address = container.attrs["NetworkSettings"]["Networks"][f"{hub.prefix}{PROJECT}"]["IPAddress"]
-    for where in (f"http://{address}:{SERVER_PORT}/user/alice/{PROJECT}/api/status",
-                  f"http://127.0.0.1:{hub.hub_internal_port}/hub/api/"):
+    for where in (
+        f"http://{address}:{SERVER_PORT}/user/alice/{PROJECT}/api/status",
+        f"http://127.0.0.1:{hub.hub_internal_port}/hub/api/",
+    ):
         with pytest.raises(requests.ConnectionError):
             requests.get(where, timeout=5)
     with pytest.raises(requests.ConnectionError):  # TLS, but no client certificate: refused in the handshake
-        requests.get(f"https://{address}:{SERVER_PORT}/user/alice/{PROJECT}/api/status", timeout=5, verify=False)
+        requests.get(
+            f"https://{address}:{SERVER_PORT}/user/alice/{PROJECT}/api/status", timeout=5, verify=False
+        )
 
 
 def doctor(hub) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "hub.cli", "--state-dir", str(hub.state), "--policy-dir",
-                           str(hub.policy), "doctor", "--json"], check=False, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "--state-dir",
+            str(hub.state),
+            "--policy-dir",
+            str(hub.policy),
+            "doctor",
+            "--json",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
 
 

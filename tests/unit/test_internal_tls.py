@@ -105,10 +105,22 @@ def test_the_gate_asks_for_a_notebook_certificate(state, monkeypatch):
 
 
 def _site() -> Site:
-    ldap = {"server_address": "127.0.0.1", "ca_file": None, "user_dn_template": "uid={username},ou=people,dc=x",
-            "groups_base": "ou=groups,dc=x"}
-    return build_site({"image": "enclave/notebook:0.1", "hub_port": 8081, "exports_port": 8082,
-                       "proxy_api_port": 8001, "ldap": ldap}, Path("/state"))
+    ldap = {
+        "server_address": "127.0.0.1",
+        "ca_file": None,
+        "user_dn_template": "uid={username},ou=people,dc=x",
+        "groups_base": "ou=groups,dc=x",
+    }
+    return build_site(
+        {
+            "image": "enclave/notebook:0.1",
+            "hub_port": 8081,
+            "exports_port": 8082,
+            "proxy_api_port": 8001,
+            "ldap": ldap,
+        },
+        Path("/state"),
+    )
 
 
 def test_doctor_fails_on_plain_http_and_on_a_server_without_tls():
@@ -120,5 +132,7 @@ def test_doctor_fails_on_plain_http_and_on_a_server_without_tls():
     server = ContainerView("et-bob--p", {}, (), "", "", attrs={"Config": {"Env": ["HOME=/home/jovyan"]}})
     bare = check_internal_tls(Observed(site=site, hub_speaks="tls", containers=(server,)))
     assert not bare.ok and "et-bob--p serves plain HTTP" in bare.reason
-    missing = check_internal_tls(Observed(site=site, hub_speaks=None, internal_tls_problems=("x is missing",)))
+    missing = check_internal_tls(
+        Observed(site=site, hub_speaks=None, internal_tls_problems=("x is missing",))
+    )
     assert not missing.ok and "x is missing" in missing.reason
