@@ -98,8 +98,13 @@ HEALTHCHECK_CODE = (
     "u.urlopen('http://127.0.0.1:%d'+os.environ.get('JUPYTERHUB_SERVICE_PREFIX','/')+'api',timeout=5)"
 )
 # With TLS inside, the server asks every client for a certificate of the hub's or the proxy's authority,
-# which the container does not hold: the check is then that the server accepts connections at all.
-HEALTHCHECK_TLS_CODE = "import socket;socket.create_connection(('127.0.0.1',%d),timeout=5).close()"
+# which the container does not hold: the check is then a TLS 1.3 handshake, which the server completes
+# before it looks at the (absent) client certificate. A hung or plain-HTTP server fails it.
+HEALTHCHECK_TLS_CODE = (
+    "import socket,ssl;c=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT);c.check_hostname=False;"
+    "c.verify_mode=ssl.CERT_NONE;c.minimum_version=ssl.TLSVersion.TLSv1_3;"
+    "c.wrap_socket(socket.create_connection(('127.0.0.1',%d),timeout=5)).close()"
+)
 SECOND_NS = 1_000_000_000
 # Where the container finds its TLS key, certificate and CA (hub/internal_tls.py), bound read-only.
 TLS_DIR = "/etc/enclave-tls"

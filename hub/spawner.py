@@ -72,6 +72,22 @@ def bridge_name(network: str) -> str:
     return "enc" + hashlib.sha256(network.encode()).hexdigest()[:10]
 
 
+def enclave_environment(project: Project, gateway: str, exports_port: int) -> dict[str, str]:
+    """The container's own settings: its project, the export door, and writable Jupyter paths on a
+    read-only root (DESIGN.md section 8)."""
+    return {
+        "ENCLAVE_PROJECT": project.id,
+        "ENCLAVE_EXPORT_URL": f"http://{gateway}:{exports_port}/services/exports/",
+        "ENCLAVE_TERMINALS": "1" if project.terminals else "0",
+        "HOME": HOME,
+        "JUPYTER_RUNTIME_DIR": f"{HOME}/.local/share/jupyter/runtime",
+        "JUPYTER_DATA_DIR": f"{HOME}/.local/share/jupyter",
+        "IPYTHONDIR": f"{HOME}/.ipython",
+        "MPLCONFIGDIR": f"{HOME}/.config/matplotlib",
+        "XDG_CACHE_HOME": f"{HOME}/.cache",
+    }
+
+
 class EnclaveSpawner(DockerSpawner):
     """DockerSpawner whose container is derived entirely from the project policy."""
 
@@ -328,17 +344,7 @@ class EnclaveSpawner(DockerSpawner):
             tls=tls,
             hub_hostname=internal_tls.GATE_HOSTNAME if tls is not None else None,
         )
-        self._enclave_env = {
-            "ENCLAVE_PROJECT": project.id,
-            "ENCLAVE_EXPORT_URL": f"http://{gateway}:{site.exports_port}/services/exports/",
-            "ENCLAVE_TERMINALS": "1" if project.terminals else "0",
-            "HOME": HOME,
-            "JUPYTER_RUNTIME_DIR": f"{HOME}/.local/share/jupyter/runtime",
-            "JUPYTER_DATA_DIR": f"{HOME}/.local/share/jupyter",
-            "IPYTHONDIR": f"{HOME}/.ipython",
-            "MPLCONFIGDIR": f"{HOME}/.config/matplotlib",
-            "XDG_CACHE_HOME": f"{HOME}/.cache",
-        }
+        self._enclave_env = enclave_environment(project, gateway, site.exports_port)
         try:
             ip_port = await super().start()
             if tls is not None:
