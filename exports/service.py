@@ -25,7 +25,6 @@ import logging
 import os
 import secrets
 import signal
-import ssl
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -143,21 +142,6 @@ def hub_oauth() -> Any:
     return EnclaveHubOAuth(cache_max_age=60, allow_token_in_url=False)
 
 
-def tls_context() -> ssl.SSLContext | None:
-    """TLS inside (hub/internal_tls.py): with ENCLAVE_EXPORTS_TLS_CERT/_KEY the service answers only TLS, on
-    the proxy's side and the containers' (their requests carry the researcher's token and files). It asks
-    for no client certificate: identity is the hub token, as without TLS."""
-    cert, key = os.environ.get("ENCLAVE_EXPORTS_TLS_CERT"), os.environ.get("ENCLAVE_EXPORTS_TLS_KEY")
-    if not cert and not key:
-        return None
-    if not (cert and key):
-        raise ConfigError("set both ENCLAVE_EXPORTS_TLS_CERT and ENCLAVE_EXPORTS_TLS_KEY, or neither")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    return context
-
-
 def start(
     config: ServiceConfig, workflow: ExportWorkflow, hub_auth: Any, executor: ThreadPoolExecutor | None = None
 ) -> tuple[web.Application, HTTPServer]:
@@ -176,7 +160,7 @@ def start(
         executor=executor,
     )
     # no xheaders: containers reach this port directly and could forge X-Forwarded-* headers
-    server = HTTPServer(app, max_body_size=MAX_BODY_BYTES, ssl_options=tls_context())
+    server = HTTPServer(app, max_body_size=MAX_BODY_BYTES)
     server.listen(config.port, config.host)
     loop = ioloop.IOLoop.current()
 

@@ -44,8 +44,6 @@ TRUST = {
 LOCAL_NAMES = ["IP:127.0.0.1", "IP:0:0:0:0:0:0:0:1", "DNS:localhost"]
 GATE_HOSTNAME = "enclave-hub"  # what containers call the gate; /etc/hosts in the container maps it
 GATE_RECORD = "enclave-gate"
-# The export service, for the same name on its own port (containers) and for loopback (the proxy).
-EXPORTS_RECORD = "enclave-exports"
 CONTAINER_TLS_DIR = "/etc/enclave-tls"  # where a notebook container finds its key, certificate and CA
 SERVER_FILES = {"keyfile": "server.key", "certfile": "server.crt", "cafile": "ca.crt"}
 SERVER_CERT_DAYS = 90  # a server runs for hours: a short life bounds a copied key's use
@@ -103,7 +101,6 @@ def ensure_authorities(state_dir: Path) -> Path:
     pair("proxy-api", "proxy-api-ca", LOCAL_NAMES)
     pair("proxy-client", "proxy-client-ca", LOCAL_NAMES)
     pair(GATE_RECORD, "hub-ca", [f"DNS:{GATE_HOSTNAME}", *LOCAL_NAMES])
-    pair(EXPORTS_RECORD, "hub-ca", [f"DNS:{GATE_HOSTNAME}", *LOCAL_NAMES])
     servers_dir(state_dir).mkdir(mode=0o700, exist_ok=True)
     harden(state_dir)
     return ca_dir(state_dir)
@@ -148,12 +145,6 @@ def gate_environment(state_dir: Path) -> dict[str, str]:
         "ENCLAVE_GATE_TLS_KEY": str(files["key"]),
         "ENCLAVE_GATE_TLS_CLIENT_CA": str(record_files(state_dir, "notebooks-ca")["cert"]),
     }
-
-
-def exports_environment(state_dir: Path) -> dict[str, str]:
-    """The export service's listening pair: signed by hub-ca, which both notebooks and the proxy trust."""
-    files = record_files(state_dir, EXPORTS_RECORD)
-    return {"ENCLAVE_EXPORTS_TLS_CERT": str(files["cert"]), "ENCLAVE_EXPORTS_TLS_KEY": str(files["key"])}
 
 
 # ---- per-server certificates -------------------------------------------------------------------------

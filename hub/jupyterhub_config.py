@@ -149,15 +149,13 @@ c.JupyterHub.services = [
         # The export review queue (exports/): the only way out. Containers reach it at their network
         # gateway on exports_port, which is why it binds every address (the firewall admits only that port).
         "name": "exports",
-        "url": f"https://127.0.0.1:{site.exports_port}",
+        "url": f"http://127.0.0.1:{site.exports_port}",
         "command": [sys.executable, "-m", "exports.service"],
         "environment": {
             "ENCLAVE_STATE_DIR": str(paths.state_dir),
             "ENCLAVE_POLICY_DIR": str(paths.policy_dir),
             "ENCLAVE_EXPORTS_BIND": f"0.0.0.0:{site.exports_port}",
             "ENCLAVE_PUBLIC_URL": site.public_url,  # https makes the service's cookies Secure
-            # TLS inside: https for the proxy and for containers (https://enclave-hub:<exports_port>)
-            **internal_tls.exports_environment(paths.state_dir),
             **{k: v for k, v in os.environ.items() if k.startswith(("ENCLAVE_AUDIT_", "ENCLAVE_EXPORTS_"))},
         },
         "oauth_client_allowed_scopes": ["custom:exports:request", "custom:exports:review", "custom:exports:audit"],

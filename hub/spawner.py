@@ -72,15 +72,12 @@ def bridge_name(network: str) -> str:
     return "enc" + hashlib.sha256(network.encode()).hexdigest()[:10]
 
 
-def enclave_environment(project: Project, gateway: str, exports_port: int, tls: bool) -> dict[str, str]:
+def enclave_environment(project: Project, gateway: str, exports_port: int) -> dict[str, str]:
     """The container's own settings: its project, the export door, and writable Jupyter paths on a
-    read-only root (DESIGN.md section 8). With TLS inside, the export door is https for the gate's name,
-    and Python's default trust store is the server's bundle (enclave-export and the lockdown use it)."""
-    exports = f"https://{internal_tls.GATE_HOSTNAME}" if tls else f"http://{gateway}"
+    read-only root (DESIGN.md section 8)."""
     return {
-        **({"SSL_CERT_FILE": internal_tls.container_paths()["cafile"]} if tls else {}),
         "ENCLAVE_PROJECT": project.id,
-        "ENCLAVE_EXPORT_URL": f"{exports}:{exports_port}/services/exports/",
+        "ENCLAVE_EXPORT_URL": f"http://{gateway}:{exports_port}/services/exports/",
         "ENCLAVE_TERMINALS": "1" if project.terminals else "0",
         "HOME": HOME,
         "JUPYTER_RUNTIME_DIR": f"{HOME}/.local/share/jupyter/runtime",
@@ -347,7 +344,7 @@ class EnclaveSpawner(DockerSpawner):
             tls=tls,
             hub_hostname=internal_tls.GATE_HOSTNAME if tls is not None else None,
         )
-        self._enclave_env = enclave_environment(project, gateway, site.exports_port, tls is not None)
+        self._enclave_env = enclave_environment(project, gateway, site.exports_port)
         try:
             ip_port = await super().start()
             if tls is not None:

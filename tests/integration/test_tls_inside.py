@@ -98,13 +98,9 @@ def test_hub_proxy_and_server_speak_only_tls_on_the_project_bridge(hub, alice):
                 timeout=10,
             )
             assert response.status_code == 200, response.text
-        # the container asks the export service, as enclave-export does (Python's default trust store)
-        code, out = py_exec(hub.container("alice", PROJECT), EXPORT_CALL)
-        assert code == 0 and out.strip().endswith("200"), out
     to_server = [s for s in segments if s[3] == SERVER_PORT]
     from_server = [s for s in segments if s[1] == SERVER_PORT]
     to_gate = [s for s in segments if s[3] == hub.hub_port]
-    to_exports = [s for s in segments if s[3] == hub.exports_port]
     print(
         f"captured {len(segments)} segments with payload: {len(to_server)} to the server, "
         f"{len(from_server)} from it, {len(to_gate)} to the gate"
@@ -113,7 +109,6 @@ def test_hub_proxy_and_server_speak_only_tls_on_the_project_bridge(hub, alice):
         ("proxy/hub -> server", to_server),
         ("server -> proxy/hub", from_server),
         ("server -> gate", to_gate),
-        ("container -> export service", to_exports),
     ):
         assert flow, f"no {name} traffic was captured"
         assert any(is_tls_record(p[4], 22) for p in flow), f"{name}: no TLS handshake"
@@ -122,14 +117,6 @@ def test_hub_proxy_and_server_speak_only_tls_on_the_project_bridge(hub, alice):
         for plain in (b"HTTP/1.1", b"GET /", b"POST /", token.encode()):
             assert plain not in payload, f"plaintext {plain[:12]!r} on the bridge: {payload[:80]!r}"
 
-
-EXPORT_CALL = """
-import os, urllib.request
-request = urllib.request.Request(os.environ["ENCLAVE_EXPORT_URL"] + "api/requests",
-                                 headers={"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]})
-with urllib.request.urlopen(request, timeout=10) as response:
-    print(response.status)
-"""
 
 PLAIN_AND_NO_CERT = """
 import os, socket, ssl
