@@ -4,6 +4,7 @@ even when the policy changes in the middle of it."""
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import threading
@@ -62,6 +63,7 @@ def slow_hub(directory, tmp_path):
         yield hub, marker
     finally:
         hub.teardown()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_hub_api_answers_while_a_first_spawn_prepares_its_filesystem(slow_hub):
