@@ -55,6 +55,9 @@ class Enforcer:
         self.api_url = api_url.rstrip("/")
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {token}"
+        if os.environ.get("JUPYTERHUB_SSL_CERTFILE"):  # internal_ssl: the hub asks for our certificate
+            self.session.cert = (os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERHUB_SSL_KEYFILE"])
+            self.session.verify = os.environ["JUPYTERHUB_SSL_CLIENT_CA"]
         self.fingerprint = None
         self.policy: Policy | None = None
         self.audit = runtime.audit_log(str(paths.state_dir))
