@@ -579,6 +579,9 @@ def _proxy_status(site: Site) -> int | None:
                 and "CERTIFICATE_REQUIRED" in str(exc.reason)
             ):
                 return CERTIFICATE_REQUIRED
+        except ssl.SSLError as exc:  # TLS 1.3: the refusal comes after the handshake, on the first read
+            if "CERTIFICATE_REQUIRED" in str(exc):
+                return CERTIFICATE_REQUIRED
         except OSError:
             pass
     return None  # not running
@@ -631,6 +634,25 @@ def _http_problem(url: str) -> str | None:
         return f"{url}: {getattr(exc, 'reason', exc)}"
 
 
+def _tls_problem(port: int) -> str | None:
+    """None if a TLS server answers the handshake on 127.0.0.1:``port``, else why not. A gate that asks for
+    a client certificate (internal_ssl) answers the handshake and then refuses us: that is an answer."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # we ask, we don't trust the answer
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="enclave-hub"),
+        ):
+            return None
+    except ssl.SSLError as exc:
+        if "CERTIFICATE_REQUIRED" in str(exc) or "certificate required" in str(exc):
+            return None
+        return f"127.0.0.1:{port}: no TLS handshake ({exc})"
+    except OSError as exc:
+        return f"127.0.0.1:{port}: {exc}"
+
+
 def _port_holders(site: Site, services: tuple[ServiceProcess, ...], hub_pid: int | None) -> dict[int, str]:
     import psutil
 
@@ -669,10 +691,20 @@ def _exports_oauth(site: Site, services: tuple[ServiceProcess, ...], hub_pid: in
     except psutil.Error as exc:
         return f"cannot read the exports service's environment: {exc}"
     token, client = env.get("JUPYTERHUB_API_TOKEN", ""), env.get("JUPYTERHUB_CLIENT_ID", "service-exports")
-    api = f"http://127.0.0.1:{site.hub_internal_port}/hub/api"
+    # With internal_ssl the hub asks for a client certificate: present the service's own pair, as it does.
+    context = None
+    if env.get("JUPYTERHUB_SSL_CERTFILE"):
+        context = ssl.create_default_context(cafile=env.get("JUPYTERHUB_SSL_CLIENT_CA"))
+        context.check_hostname = False  # the hub's pair names the hub, not 127.0.0.1; the CA is checked
+        try:
+            context.load_cert_chain(env["JUPYTERHUB_SSL_CERTFILE"], env.get("JUPYTERHUB_SSL_KEYFILE"))
+        except OSError as exc:
+            return f"cannot read the exports service's TLS pair: {exc}"
+    scheme = "https" if context is not None else "http"
+    api = f"{scheme}://127.0.0.1:{site.hub_internal_port}/hub/api"
     who = urllib.request.Request(f"{api}/user", headers={"Authorization": f"token {token}"})
     try:
-        with urllib.request.urlopen(who, timeout=10) as resp:
+        with urllib.request.urlopen(who, timeout=10, context=context) as resp:
             name = json.loads(resp.read()).get("name")
     except (OSError, ValueError) as exc:
         return f"the hub refuses the service's API token ({exc})"
@@ -688,7 +720,8 @@ def _exports_oauth(site: Site, services: tuple[ServiceProcess, ...], hub_pid: in
         }
     ).encode()
     try:
-        with urllib.request.urlopen(urllib.request.Request(f"{api}/oauth2/token", data=form), timeout=10):
+        token_request = urllib.request.Request(f"{api}/oauth2/token", data=form)
+        with urllib.request.urlopen(token_request, timeout=10, context=context):
             return "the hub's token endpoint accepted a made-up code"
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace")
@@ -706,7 +739,10 @@ def _observe_services(paths: EnclavePaths, site: Site) -> dict[str, Any]:
     if hub_pid is not None:
         answers = {
             "exports": _http_problem(f"http://127.0.0.1:{site.exports_port}/services/exports/"),
-            "enclave-gate": _http_problem(f"http://127.0.0.1:{site.hub_port}/hub/api/"),
+            # The gate speaks TLS when the hub does (internal_ssl, checked by `tls`), plain HTTP otherwise.
+            "enclave-gate": _tls_problem(site.hub_port)
+            and _http_problem(f"http://127.0.0.1:{site.hub_port}/hub/api/")
+            and _tls_problem(site.hub_port),
         }
     # The trail may live on its own filesystem (a mount at STATE/audit): the fuller of the two counts.
     frees = []
