@@ -186,7 +186,8 @@ def ingest_dataset(
             project=project,
             target=target,
             outcome="error",
-            details={**details, "reason": "internal_error", "error": redact(repr(exc))},
+            # The exception's text may quote a raw value, and the trail is forever: its type only.
+            details={**details, "reason": "internal_error", "error": type(exc).__name__},
         )
         raise
     published, manifest, manifest_sha = result
