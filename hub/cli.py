@@ -74,4 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m hub.cli`` this module is __main__, and the commands raise hub.cli.CLIError, a
+    # different class from __main__.CLIError: call the imported module's main so that they are caught.
+    from hub.cli import main as _main
+
+    sys.exit(_main())

@@ -11,8 +11,10 @@ So a kept column declares its content (``allow:``) and every value outside the d
   (``e11 .9`` -> ``E11.9``);
 - ``regex``: a full-match regular expression of your own;
 - ``categorical``: a bounded set learned at ingest: a value is kept only if at least ``min_persons``
-  distinct persons have it, and more than ``max_values`` such values refuses the ingest (the column is not
-  categorical). The learned values are listed in the manifest for the reviewer;
+  distinct persons have it and it has the declared ``shape`` (default: one code-like token, ASCII letters,
+  digits and ``. _ / % + -``, no spaces: a name or a sentence is not a category), and more than
+  ``max_values`` such values refuses the ingest (the column is not categorical). The identifier detector
+  also vets every learned value. The learned values are listed in the manifest for the reviewer;
 - ``integer`` / ``number``: numbers in a declared ``[min, max]``; text in such a column is refused with
   its row number, a number outside the range is suppressed.
 
@@ -40,6 +42,8 @@ PATTERNS: dict[str, str] = {
     "atc": r"^[A-Z]([0-9]{2}([A-Z]([A-Z]([0-9]{2})?)?)?)?$",
     "loinc": r"^[0-9]{1,7}-[0-9]$",
 }
+CODE_SHAPE = r"[A-Za-z0-9][A-Za-z0-9._/%+-]{0,39}"
+"""The default shape of a learned categorical value: one code-like token."""
 KINDS = ("codes", "codes_file", "pattern", "regex", "categorical", "integer", "number")
 NUMERIC = ("integer", "number")
 
@@ -93,7 +97,8 @@ def parse(doc: Mapping[str, Any], spec_dir: Path, at: str) -> Allow:
     if kind == "regex":
         return Allow(kind, regex=f"^(?:{v})$")
     if kind == "categorical":
-        return Allow(kind, max_values=v["max_values"], min_persons=v["min_persons"])
+        shape = v.get("shape", CODE_SHAPE)
+        return Allow(kind, max_values=v["max_values"], min_persons=v["min_persons"], regex=f"^(?:{shape})$")
     return Allow(kind, lo=v["min"], hi=v["max"])
 
 
@@ -152,7 +157,7 @@ def learn(frame: pl.LazyFrame, name: str, dtype, person: str | None, allow: Allo
     return (
         frame.select(value, *([pl.col(person)] if person else []))
         .drop_nulls("value")
-        .filter(pl.col("value") != "")
+        .filter(pl.col("value").str.contains(allow.regex or "^$"))
         .group_by("value")
         .agg(counted.alias("persons"))
         .filter(pl.col("persons") >= allow.min_persons)

@@ -202,36 +202,52 @@ def _normalized(texts: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def flag_values(values: pl.Series, known: KnownIdentifiers) -> pl.Series:
+    """True for each text value any text detector would flag: used to keep such values out of a learned
+    categorical set (a phone number shared by 12 persons is still a phone number)."""
+    texts = pl.DataFrame({"t": "", "c": "", "v": values.cast(pl.String)}, schema=_TEXT_SCHEMA)
+    flagged: set[str] = set()
+    for finding_rows in _text_hits(texts, known).values():
+        flagged |= set(finding_rows["v"].to_list())
+    return values.cast(pl.String).is_in(pl.Series(sorted(flagged), dtype=pl.String).implode())
+
+
 def _text_findings(texts: pl.DataFrame, known: KnownIdentifiers) -> list[Finding]:
+    out: list[Finding] = []
+    for detector, hits in _text_hits(texts, known).items():
+        detail = "raw identifier value from a dropped column" if detector == "raw_value" else ""
+        out += _grouped(hits, detector, detail)
+    return out
+
+
+def _text_hits(texts: pl.DataFrame, known: KnownIdentifiers) -> dict[str, pl.DataFrame]:
+    """Detector -> the rows (t, c, v) it flags."""
     texts = _normalized(texts)
     d, e, n = pl.col("d"), pl.col("e"), pl.col("n")
-    out = _grouped(texts.filter(rrn_mask(texts["n"]) | rrn_mask(texts["d"])), "rrn")
-    out += _grouped(texts.filter(n.str.contains(PHONE) | d.str.contains(PHONE)), "phone")
-    out += _grouped(texts.filter(n.str.contains(EMAIL) | e.str.contains(EMAIL)), "email")
-    out += _grouped(texts.filter(n.str.contains(DOB)), "dob")
-    out += _grouped(texts.filter(n.str.contains(MRN)), "mrn")
+    base = ["t", "c", "v"]
+    out = {
+        "rrn": texts.filter(rrn_mask(texts["n"]) | rrn_mask(texts["d"])).select(base),
+        "phone": texts.filter(n.str.contains(PHONE) | d.str.contains(PHONE)).select(base),
+        "email": texts.filter(n.str.contains(EMAIL) | e.str.contains(EMAIL)).select(base),
+        "dob": texts.filter(n.str.contains(DOB)).select(base),
+        "mrn": texts.filter(n.str.contains(MRN)).select(base),
+    }
     if len(known.names):
         names = known.names.to_list()
         squeezed = n.str.replace_all(r"\s+", "")
         spaced = [name for name in {x.replace(" ", "") for x in names} if len(name) >= 2]
-        out += _grouped(
-            texts.filter(n.str.contains_any(names) | squeezed.str.contains_any(spaced)), "name"
-        )
+        out["name"] = texts.filter(n.str.contains_any(names) | squeezed.str.contains_any(spaced)).select(base)
     if len(known.values):
         digits = known.values.str.replace_all(r"[^0-9]", "")
         digits = digits.filter(digits.str.len_chars() >= 6).unique()
         runs = texts.select(pl.col("v"), d.str.extract_all(DIGIT_RUN).alias("r")).explode("r")
         hit_runs = runs.filter(pl.col("r").is_in(digits.implode()))["v"].unique()
-        out += _grouped(
-            texts.filter(
-                pl.col("v").is_in(known.values.implode())
-                | n.is_in(known.values.implode())
-                | pl.col("v").is_in(hit_runs.implode())
-            ),
-            "raw_value",
-            "raw identifier value from a dropped column",
-        )
-    return out
+        out["raw_value"] = texts.filter(
+            pl.col("v").is_in(known.values.implode())
+            | n.is_in(known.values.implode())
+            | pl.col("v").is_in(hit_runs.implode())
+        ).select(base)
+    return {k: v for k, v in out.items() if v.height}
 
 
 def rrn_mask(values: pl.Series) -> pl.Series:

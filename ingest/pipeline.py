@@ -31,7 +31,7 @@ import polars as pl
 
 from hub.paths import EnclavePaths
 from ingest import allowlist, checks, normalize, risk, transforms
-from ingest.detector import DETECTORS, Finding, KnownIdentifiers, blocking, scan_outputs
+from ingest.detector import DETECTORS, Finding, KnownIdentifiers, blocking, flag_values, scan_outputs
 from ingest.errors import IngestError, RefusedError, SourceError, SpecError
 from ingest.kanon import KAnonymityReport, enforce
 from ingest.keys import load_master_key, project_key
@@ -243,7 +243,7 @@ def _ingest(
         progress.finish("read")
         maps = pseudonym_maps(spec, sources, key, pool, progress)
         pool.close()
-        learn(spec, sources, maps, adequacy)
+        learn(spec, sources, maps, adequacy, known)
         kept, kreport = _write_person_table(spec, sources, maps, staged, progress, adequacy)
         for name, table in spec.tables.items():
             if name != spec.person_table and name in sources:
@@ -635,15 +635,19 @@ def cohort(spec: DatasetSpec, sources, maps) -> pl.Series | None:
     return _collect(lf.select("__p"), src).to_series().unique()
 
 
-def learn(spec: DatasetSpec, sources, maps, adequacy: Adequacy) -> None:
+def learn(
+    spec: DatasetSpec, sources, maps, adequacy: Adequacy, known: KnownIdentifiers | None = None
+) -> None:
     """Categorical values (allow: categorical) and frequent codes (coarsen.rare_codes), before any table is
-    written, so that every slice of a large table applies the same sets."""
+    written, so that every slice of a large table applies the same sets. A value the identifier detector
+    would flag is never learned, however many persons share it: it is suppressed like any other."""
     for name, src in sources.items():
         table = spec.tables[name]
         for col, rule in table.columns.items():
             if rule.transform == "keep" and rule.allow is not None and rule.allow.kind == "categorical":
                 lf = _records(spec, table, src, src.scan())
                 values = allowlist.learn(lf, col, src.schema[col], table.person_column, rule.allow)
+                values = values.filter(~flag_values(values["value"], known or KnownIdentifiers()))
                 if values.height > rule.allow.max_values:
                     raise SourceError(
                         f"{src.path}: table {name}: column {col}: {values.height} distinct values held by at "
