@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="enclave",
         description="Administer a research enclave: projects, members, datasets, exports and the audit trail.",
     )
-    parser.add_argument("--state-dir", help="state directory (default: $ENCLAVE_STATE_DIR or /var/lib/enclave)")
+    parser.add_argument(
+        "--state-dir", help="state directory (default: $ENCLAVE_STATE_DIR or /var/lib/enclave)"
+    )
     parser.add_argument("--policy-dir", help="policy directory (default: $ENCLAVE_POLICY_DIR or ./policies)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in _registrars():
