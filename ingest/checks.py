@@ -70,7 +70,7 @@ def check_person_ids(spec: DatasetSpec, sources: Mapping[str, SourceTable]) -> N
     lacks (the k-anonymity gate never saw such a person, so its rows would vanish unreported)."""
     person = sources[spec.person_table]
     pid_type = person.schema[spec.person_column]
-    problems = []
+    problems: list[str | None] = []
     for name, src in sources.items():
         col = spec.tables[name].person_column
         if col is None or col not in src.schema:
@@ -86,9 +86,9 @@ def check_person_ids(spec: DatasetSpec, sources: Mapping[str, SourceTable]) -> N
             known = person.scan().select(pl.col(spec.person_column).unique()).collect().to_series()
             orphan = pl.col(col).is_not_null() & ~pl.col(col).is_in(known.implode())
             problems.append(_problem(src, col, "a person id that is not in the person table", orphan))
-    problems = [p for p in problems if p]
-    if problems:
-        raise SourceError(problems)
+    found = [p for p in problems if p]
+    if found:
+        raise SourceError(found)
 
 
 def check_values(spec: DatasetSpec, sources: Mapping[str, SourceTable]) -> None:

@@ -336,7 +336,7 @@ def _comparable(spec: DatasetSpec, names) -> dict[str, list[str]]:
 def _published_view(spec: DatasetSpec, staged: Path) -> risk.View:
     names = [t for t in spec.tables if (staged / f"{t}.parquet").is_file()]
     tables = {
-        t: (pl.scan_parquet(staged / f"{t}.parquet"), spec.tables[t].person_column)
+        t: (pl.scan_parquet(staged / f"{t}.parquet"), spec.tables[t].person_column or spec.person_column)
         for t in names
         if spec.tables[t].person_column is not None
     }
@@ -384,7 +384,8 @@ def _other_view(spec: DatasetSpec, other: str, sources, maps, source_dir: Path) 
     for name, cols in comparable.items():
         t = viewed.tables[name]
         lf = _transform(viewed, t, theirs[name], maps, kept, adequacy)
-        frames[name] = (lf.select(t.person_column, *cols), t.person_column)
+        person = t.person_column or viewed.person_column
+        frames[name] = (lf.select(person, *cols), person)
     return risk.View(kept, frames, comparable, viewed.view.dates), adequacy
 
 
@@ -681,7 +682,7 @@ def learn(
                 lf = _records(spec, table, src, src.scan())
                 values = allowlist.learn(lf, col, src.schema[col], table.person_column, rule.allow)
                 values = values.filter(~flag_values(values["value"], known or KnownIdentifiers()))
-                if values.height > rule.allow.max_values:
+                if values.height > (rule.allow.max_values or 0):
                     raise SourceError(
                         f"{src.path}: table {name}: column {col}: {values.height} distinct values held by at "
                         f"least {rule.allow.min_persons} persons each, more than the declared max_values "
@@ -690,15 +691,22 @@ def learn(
                 adequacy.learned[(name, col)] = values
     for name, src in sources.items():
         for col, rule in spec.tables[name].columns.items():
-            if ADEQUACY and rule.transform == "keep" and col in src.schema and not rule.allow.numeric:
+            allow = rule.allow
+            if (
+                ADEQUACY
+                and rule.transform == "keep"
+                and allow is not None
+                and col in src.schema
+                and not allow.numeric
+            ):
                 learned = adequacy.learned_set(name, col)
-                adequacy.lookup[(name, col)] = _lookup(src, col, rule.allow, learned)
+                adequacy.lookup[(name, col)] = _lookup(src, col, allow, learned)
     for ref, min_persons in spec.view.rare_codes.items():
         name, _, col = ref.partition(".")
         if name not in sources:
             continue
         table, src = spec.tables[name], sources[name]
-        person = table.person_column
+        person = table.person_column or spec.person_column
         lf = _transform(spec, table, src, maps, adequacy=adequacy).select(person, col).drop_nulls(col)
         counts = lf.group_by(col).agg(pl.col(person).n_unique().alias("n")).filter(pl.col("n") >= min_persons)
         adequacy.frequent[(name, col)] = _collect(counts.select(col), src).to_series()

@@ -213,7 +213,7 @@ def link(a: pl.DataFrame, b: pl.DataFrame) -> dict:
 def same_view_share(view: View) -> float:
     """The share of persons another project would link one to one if it got this very view."""
     fp = fingerprints(view, view.comparable, lambda t, lf: lf)
-    return round(float(fp["fp"].is_unique().mean() or 0.0), 4) if fp.height else 0.0
+    return round(int(fp["fp"].is_unique().sum()) / fp.height, 4) if fp.height else 0.0
 
 
 def coarser(units: Iterable[str]) -> str:

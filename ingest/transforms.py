@@ -6,6 +6,9 @@ here. Each function takes the column's source dtype, because a CSV gives text wh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import polars as pl
 
 from ingest import normalize
@@ -104,7 +107,7 @@ def coarsen_date(expr: pl.Expr, unit: str) -> pl.Expr:
     return expr.dt.truncate("1w" if unit == "week" else "1mo")
 
 
-def coarsen_number(expr: pl.Expr, how: dict) -> pl.Expr:
+def coarsen_number(expr: pl.Expr, how: Mapping[str, Any]) -> pl.Expr:
     """Rounded to a multiple of ``round``, or floored to the lower edge of its bin (below the first edge:
     the first edge)."""
     if "round" in how:
