@@ -325,7 +325,17 @@ def apply_view(spec: DatasetSpec, view: ProjectView) -> DatasetSpec:
             for c, r in t.columns.items()
         }
         tables[name] = replace(t, columns=columns)
-    viewed = replace(spec, tables=tables, view=view)
+    k = spec.k_anonymity
+    if k is not None:
+        # A sensitive attribute in a table the project does not get is not disclosed to it: nothing to diversify.
+        published = tuple(
+            a
+            for a in k.sensitive_attributes
+            if (a.rpartition(".")[0] or spec.person_table) in tables
+            and a.rpartition(".")[2] in tables[a.rpartition(".")[0] or spec.person_table].output_columns()
+        )
+        k = replace(k, sensitive_attributes=published)
+    viewed = replace(spec, tables=tables, view=view, k_anonymity=k)
     problems = _spec_problems(viewed)
     if problems:
         raise SpecError([f"{spec.path}: projects.{view.project}: {p}" for p in problems])

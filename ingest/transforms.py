@@ -77,6 +77,9 @@ def generalize(rule: ColumnRule, dtype: pl.DataType, reference_year: int) -> pl.
 def _year(name: str, dtype: pl.DataType) -> pl.Expr:
     if dtype.is_integer():
         return pl.col(name).cast(pl.Int32)
+    if dtype == pl.String:  # a date, or a bare year written as text ('1963', '1963.0')
+        year = normalize.code(pl.col(name)).cast(pl.Int32, strict=False)
+        return pl.coalesce(as_temporal(name, dtype).dt.year().cast(pl.Int32), year)
     return as_temporal(name, dtype).dt.year().cast(pl.Int32)
 
 

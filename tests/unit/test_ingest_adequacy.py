@@ -365,3 +365,43 @@ def test_risk_report_measures_candidates_the_spec_did_not_declare(paths, audit, 
     assert candidates["visit_gaps"]["measured"].startswith("alone")
     assert candidates["conditions"]["treatment"].startswith("accepted: ")
     assert result.manifest["linkage"]["same_view_share"] > 0.5  # the honest number for a full view
+
+
+# -- per-project views -------------------------------------------------------------------------------------
+
+
+def test_a_project_view_minimizes_and_coarsens(paths, audit, raw, tmp_path):
+    def views(doc):
+        doc["projects"]["study-week"] = {
+            "tables": ["person", "measurement"],
+            "drop_columns": {"person": ["race_concept_id"]},
+            "records": {"measurement": {"column": "measurement_source_value", "prefixes": ["L30"]}},
+            "coarsen": {
+                "dates": "week",
+                "numbers": {"measurement.value_as_number": {"bins": [0, 50, 100, 200]}},
+                "rare_codes": {"measurement.measurement_source_value": {"min_persons": 10**6}},
+            },
+        }
+
+    spec = variant(tmp_path, views, single=False)
+    result = ingest_dataset(paths, spec, raw.out_dir, "study-week", audit=audit, actor="adam")
+    assert set(result.manifest["tables"]) == {"person", "measurement"}
+    assert "race_concept_id" in result.manifest["tables"]["person"]["dropped"]
+    labs = pl.read_parquet(result.path / "measurement.parquet")
+    assert labs.height and set(labs["measurement_source_value"]) == {"OTHER"}  # every code is rare here
+    assert set(labs["value_as_number"].drop_nulls()) <= {0.0, 50.0, 100.0, 200.0}
+    assert (labs["measurement_date"].dt.weekday() == 1).all()  # floored to Monday
+    source = pl.read_csv(raw.files["measurement"])
+    assert 0 < labs.height <= source.filter(pl.col("measurement_source_value").str.starts_with("L30")).height
+    linkage = result.manifest["linkage"]
+    assert set(linkage["against"]) == {"demo-cardio", "demo-oncology"}
+    assert result.manifest["minimization"]["project_view"]["dates"] == "week"
+
+
+def test_a_bare_year_as_text_generalizes(tmp_path):
+    from ingest.spec import ColumnRule
+    from ingest.transforms import generalize
+
+    rule = ColumnRule("y", "generalize", method="birth_year", params={"band": 1, "top_code_age": 90})
+    frame = pl.DataFrame({"y": ["1963", " 1963.0", "1963-12-04", "1920"]})
+    assert frame.select(generalize(rule, pl.String, 2025)).to_series().to_list() == [1963, 1963, 1963, 1935]
