@@ -206,6 +206,12 @@ def ingest_dataset(
                 "manifest_sha256": manifest_sha,
                 "rows": manifest["rows_total"],
                 "suppressed": (manifest["k_anonymity"] or {}).get("suppressed", 0),
+                # Counts only: how much the allowlist held back, and the worst linkage share measured.
+                "values_suppressed": sum((e.get("suppressed") or 0) for e in manifest["allowlist"].values()),
+                "linkage_share": max(
+                    (r["share"] for r in ((manifest.get("linkage") or {}).get("against") or {}).values()),
+                    default=None,
+                ),
             },
         )
     except BaseException:
