@@ -151,11 +151,20 @@ def allowed(value: pl.Expr, allow: Allow, learned: frozenset[str] | None = None)
 
 def learn(frame: pl.LazyFrame, name: str, dtype, person: str | None, allow: Allow) -> pl.DataFrame:
     """The categorical values of one column that at least ``min_persons`` distinct persons hold (or rows,
-    for a table without persons): (value, persons), most frequent first."""
-    value = canonical(name, dtype, allow).alias("value")
-    counted = pl.col(person).n_unique() if person else pl.len()
+    for a table without persons): (value, persons), most frequent first.
+
+    Distinct (raw value, person) pairs first, then each distinct raw value canonicalized once: the text
+    work is per spelling, not per row."""
+    raw = pl.col(name).alias("raw")
+    if person:
+        pairs = frame.select(raw, pl.col(person).alias("p")).unique()
+        counted = pl.col("p").n_unique()
+    else:
+        pairs = frame.select(raw).group_by("raw").agg(pl.len().alias("n"))
+        counted = pl.col("n").sum()
+    spellings = pairs.select("raw").unique().with_columns(canonical("raw", dtype, allow).alias("value"))
     return (
-        frame.select(value, *([pl.col(person)] if person else []))
+        pairs.join(spellings, on="raw")
         .drop_nulls("value")
         .filter(pl.col("value").str.contains(allow.regex or "^$"))
         .group_by("value")
