@@ -39,6 +39,7 @@ import datetime as dt
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -112,6 +113,17 @@ class KnownIdentifiers:
     """Whole-value identifiers: addresses, RRNs, phones, e-mails, insurance and record numbers."""
     sources: Mapping[str, str] = field(default_factory=dict)
     """``table.column`` -> kind, for the report."""
+
+    @cached_property
+    def digits(self) -> pl.Series:
+        """The digits of every raw identifier of 6 or more digits, computed once per ingest."""
+        digits = self.values.str.replace_all(r"[^0-9]", "")
+        return digits.filter(digits.str.len_chars() >= 6).unique()
+
+    @cached_property
+    def name_set(self) -> frozenset[str]:
+        names = {n for n in self.names.to_list() if n}
+        return frozenset(names | {n.replace(" ", "") for n in names})
 
 
 def shape(value: object) -> str:
@@ -207,8 +219,16 @@ def flag_values(values: pl.Series, known: KnownIdentifiers) -> pl.Series:
     categorical set (a phone number shared by 12 persons is still a phone number)."""
     texts = pl.DataFrame({"t": "", "c": "", "v": values.cast(pl.String)}, schema=_TEXT_SCHEMA)
     flagged: set[str] = set()
-    for finding_rows in _text_hits(texts, known).values():
+    # Few values against many known names: look each value's substrings up, rather than build an
+    # automaton of every name (the shapes and digit detectors run as usual).
+    for finding_rows in _text_hits(texts, KnownIdentifiers(values=known.values)).values():
         flagged |= set(finding_rows["v"].to_list())
+    lengths = {len(n) for n in known.name_set}
+    for v in values.drop_nulls().cast(pl.String).to_list():
+        squeezed = "".join(v.split())
+        for text in (v, squeezed):
+            if any(text[i : i + n] in known.name_set for n in lengths for i in range(len(text) - n + 1)):
+                flagged.add(v)
     return values.cast(pl.String).is_in(pl.Series(sorted(flagged), dtype=pl.String).implode())
 
 
@@ -238,8 +258,7 @@ def _text_hits(texts: pl.DataFrame, known: KnownIdentifiers) -> dict[str, pl.Dat
         spaced = [name for name in {x.replace(" ", "") for x in names} if len(name) >= 2]
         out["name"] = texts.filter(n.str.contains_any(names) | squeezed.str.contains_any(spaced)).select(base)
     if len(known.values):
-        digits = known.values.str.replace_all(r"[^0-9]", "")
-        digits = digits.filter(digits.str.len_chars() >= 6).unique()
+        digits = known.digits
         runs = texts.select(pl.col("v"), d.str.extract_all(DIGIT_RUN).alias("r")).explode("r")
         hit_runs = runs.filter(pl.col("r").is_in(digits.implode()))["v"].unique()
         out["raw_value"] = texts.filter(

@@ -302,7 +302,7 @@ def _adequacy_reports(
     treatment = {name: f"accepted: {reason}" for name, reason in spec.risk_accepted.items()}
     tables = {t: own.tables[t] for t in own.tables}
     reports["risk"] = risk.risk_report(
-        persons, spec.person_table, spec.person_column, qis, tables, risk_candidates(spec), treatment
+        persons, spec.person_table, spec.person_column, qis, tables, risk_candidates(spec), treatment, own
     )
     reports["linkage"] = _linkage(spec, sources, maps, own, adequacy, source_dir)
     progress.finish("risk")

@@ -84,6 +84,7 @@ def risk_report(
     tables: Mapping[str, tuple[pl.LazyFrame, str | None]],
     candidates: Mapping[str, list[str]],
     treatment: Mapping[str, str],
+    view: View | None = None,
 ) -> dict:
     """The manifest's ``risk`` section. ``persons``: the published person table; ``tables``: name -> (its
     published frame, person column); ``candidates``: what spec.risk_candidates found; ``treatment``:
@@ -94,7 +95,11 @@ def risk_report(
         "candidates": {},
     }
     for name, where in candidates.items():
-        sig = _candidate(name, where, persons, person_table, person, tables)
+        if name in ("provider", "care_site"):
+            # The person's own provider and the providers of their visits: OMOP records take their provider
+            # from the visit, so the other tables repeat it (and would cost a pass over every row each).
+            where = [w for w in where if w.partition(".")[0] in (person_table, "visit_occurrence")] or where
+        sig = _candidate(name, where, persons, person_table, person, tables, view)
         if sig is None:
             continue
         if name == "visit_gaps":
@@ -111,7 +116,7 @@ def risk_report(
     return out
 
 
-def _candidate(name, where, persons, person_table, person, tables) -> pl.DataFrame | None:
+def _candidate(name, where, persons, person_table, person, tables, view=None) -> pl.DataFrame | None:
     """Per person, one signature column ``sig`` for a candidate."""
     parts = []
     for ref in where:
@@ -130,6 +135,10 @@ def _candidate(name, where, persons, person_table, person, tables) -> pl.DataFra
             sig = multiset(visits, pcol, [col], "sig").collect()
             many = lf.group_by(pcol).agg(pl.col(col).n_unique().alias("v")).filter(pl.col("v") >= 2)
             return sig.join(many.select(pl.col(pcol).alias(P)).collect(), on=P, how="semi")
+        elif name == "lab_sequence" and view is not None and tname in view.comparable:
+            # Every published lab column, dates relative: at least as fine as (code, value, day), so the
+            # uniqueness it measures is, if anything, higher. Shared with the same-view share.
+            parts.append(view.signature(tname).rename({tname: ref}))
         elif name == "lab_sequence":
             schema = lf.collect_schema()
             cols = [
@@ -172,17 +181,33 @@ class View:
         self.comparable = comparable
         """table -> columns that carry the same meaning in any project (not pseudonyms)."""
         self.dates = dates
+        self.signatures: dict[str, pl.DataFrame] = {}
+        """table -> per-person signature over all its comparable columns (computed once, shared by the
+        risk report and the same-view share)."""
+
+    def signature(self, table: str) -> pl.DataFrame:
+        if table not in self.signatures:
+            lf, pcol = self.tables[table]
+            cols = self.comparable[table]
+            schema = lf.collect_schema()
+            dates = [c for c in cols if schema[c].is_temporal()]
+            self.signatures[table] = multiset(relative_dates(lf, pcol, dates), pcol, cols, table).collect()
+        return self.signatures[table]
 
 
-def fingerprints(view: View, common: Mapping[str, Sequence[str]], prepare) -> pl.DataFrame:
-    """Per person of the view: one u64 over every common table's multiset signature."""
+def fingerprints(view: View, common: Mapping[str, Sequence[str]], prepare=None) -> pl.DataFrame:
+    """Per person of the view: one u64 over every common table's multiset signature (``prepare`` brings a
+    table to the coarseness of the comparison; without it, the view's cached full signatures are used)."""
     frame = pl.DataFrame({P: view.persons})
     for tname, cols in common.items():
-        lf, pcol = view.tables[tname]
-        lf = prepare(tname, lf)
-        schema = lf.collect_schema()
-        dates = [c for c in cols if schema[c].is_temporal()]
-        sig = multiset(relative_dates(lf, pcol, dates), pcol, cols, tname).collect()
+        if prepare is None:
+            sig = view.signature(tname)
+        else:
+            lf, pcol = view.tables[tname]
+            lf = prepare(tname, lf)
+            schema = lf.collect_schema()
+            dates = [c for c in cols if schema[c].is_temporal()]
+            sig = multiset(relative_dates(lf, pcol, dates), pcol, cols, tname).collect()
         frame = frame.join(sig, on=P, how="left").with_columns(pl.col(tname).fill_null(0))
     sigs = [c for c in frame.columns if c != P]
     return frame.select(P, _row_hash(sigs).alias("fp"))
@@ -212,7 +237,7 @@ def link(a: pl.DataFrame, b: pl.DataFrame) -> dict:
 
 def same_view_share(view: View) -> float:
     """The share of persons another project would link one to one if it got this very view."""
-    fp = fingerprints(view, view.comparable, lambda t, lf: lf)
+    fp = fingerprints(view, view.comparable)
     return round(int(fp["fp"].is_unique().sum()) / fp.height, 4) if fp.height else 0.0
 
 
