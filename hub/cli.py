@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="enclave",
         description="Administer a research enclave: projects, members, datasets, exports and the audit trail.",
     )
-    parser.add_argument("--state-dir", help="state directory (default: $ENCLAVE_STATE_DIR or /var/lib/enclave)")
+    parser.add_argument(
+        "--state-dir", help="state directory (default: $ENCLAVE_STATE_DIR or /var/lib/enclave)"
+    )
     parser.add_argument("--policy-dir", help="policy directory (default: $ENCLAVE_POLICY_DIR or ./policies)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in _registrars():
@@ -74,4 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m hub.cli`` this module is __main__, and the commands raise hub.cli.CLIError, a
+    # different class from __main__.CLIError: call the imported module's main so that they are caught.
+    from hub.cli import main as _main
+
+    sys.exit(_main())
