@@ -34,6 +34,17 @@ CHP = os.environ.get("ENCLAVE_CHP", "/opt/enclave/node/node_modules/.bin/configu
 BASE_DN = "dc=enclave,dc=test"
 
 
+# TLS inside: the gate is https://enclave-hub:<port> and asks for a notebook server's certificate. Code in the
+# container has everything the server has (docker exec inherits JUPYTERHUB_SSL_*), so the attacks below use it.
+HUB_TLS = """
+import os, ssl, urllib.request
+_ctx = ssl.create_default_context(cafile=os.environ["JUPYTERHUB_SSL_CLIENT_CA"])
+_ctx.load_cert_chain(os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERHUB_SSL_KEYFILE"])
+urllib.request.install_opener(urllib.request.build_opener(urllib.request.HTTPSHandler(context=_ctx)))
+"""
+
+
+
 def ssha(password: str) -> str:
     """A salted SHA-1 userPassword, as deploy/localldap.py stores them."""
     salt = os.urandom(8)

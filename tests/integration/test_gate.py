@@ -18,21 +18,12 @@ import pytest
 import requests
 
 from audit import AuditLog
-from tests.harness import Hub, HubClient, docker_exec, py_exec, wait_for
+from tests.harness import HUB_TLS, Hub, HubClient, docker_exec, py_exec, wait_for
 
 pytestmark = pytest.mark.integration
 
 CARDIO = "demo-cardio"
 WINDOW = 5  # seconds: the refusal aggregation window of this module's hub
-
-# TLS inside: the gate is https://enclave-hub:<port> and asks for a notebook server's certificate. Code in the
-# container has everything the server has (docker exec inherits JUPYTERHUB_SSL_*), so the attacks below use it.
-HUB_TLS = """
-import os, ssl, urllib.request
-_ctx = ssl.create_default_context(cafile=os.environ["JUPYTERHUB_SSL_CLIENT_CA"])
-_ctx.load_cert_chain(os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERHUB_SSL_KEYFILE"])
-urllib.request.install_opener(urllib.request.build_opener(urllib.request.HTTPSHandler(context=_ctx)))
-"""
 
 CALL = HUB_TLS + """
 import json, os, urllib.request

@@ -28,7 +28,7 @@ import requests
 import yaml
 
 from hub.services import find_services
-from tests.harness import CHP, PYTHON, REPO, Hub, HubClient, wait_for
+from tests.harness import CHP, HUB_TLS, PYTHON, REPO, Hub, HubClient, docker_exec, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (deploy/demo, mount, iptables)")
 ENCLAVE = str(Path(PYTHON).parent / "enclave")
@@ -344,9 +344,16 @@ def test_on_a_full_disk_stops_are_spooled_logins_and_spawns_refused_clearly_the_
     [page] = wait_for(refused_login, 60, "a login to be refused on the full disk", interval=0.1)
     assert "cannot write its audit trail" in page.text and "tell the operator" in page.text
     written = len(trail(h))
-    # The gate's refusals stay refusals (their records are written off the request, and aggregated).
-    side_door = requests.get(f"http://127.0.0.1:{h.hub_port}/hub/admin", timeout=10)
-    assert side_door.status_code == 403, side_door.text
+    # The gate's refusals stay refusals (their records are written off the request, and aggregated): asked
+    # from alice's container, over the gate's TLS with her server's pair, as code in a notebook would.
+    code, out = docker_exec(h.container("alice", "demo-cardio"), [
+        "/opt/notebook/bin/python", "-c",
+        HUB_TLS + "import os, urllib.error\n"
+        "gw = os.environ['JUPYTERHUB_API_URL'].split('/hub/api')[0]\n"
+        "try:\n    urllib.request.urlopen(gw + '/hub/admin', timeout=10); print(200)\n"
+        "except urllib.error.HTTPError as e:\n    print(e.code)\n",
+    ])
+    assert code == 0 and out.strip().splitlines()[-1] == "403", out
 
     # A stop takes access away: it happens, and its record goes to the spool.
     alice.stop("demo-cardio")
