@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-STATUSES = [
-    "PENDING",
-    "SUBMITTED",
-    "PARTIALLY_REVIEWED",
-    "REVIEWED",
-    "APPROVED",
-    "REJECTED",
-    "RETURNED",
-    "WITHDRAWN",
-    "RELEASED",
-    "REVOKED",
-]
+from exports.domain import RequestStatus
+
+STATUSES = [status.value for status in RequestStatus]
+"""Taken from the domain, so a new status is documented the moment it exists."""
 
 
 def _ref(name: str) -> dict[str, str]:
