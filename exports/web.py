@@ -458,7 +458,7 @@ def perform(
                 identity, request_id, inputs.parse_comment(body.get("reason"), "reason") or ""
             )
         if action in ("comments", "comment"):
-            path = body.get("path") or None
+            path = inputs.parse_comment(body.get("path"), "path", required=False) or None
             return workflow.comment(
                 identity,
                 request_id,
