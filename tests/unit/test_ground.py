@@ -1,0 +1,86 @@
+"""ground/: durable writes that survive a failure half-way, one winner of a create race, and the layering
+(ground imports nothing of ours; the concerns do not import the command line back)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from ground import durable
+from ground.commands import REGISTRARS
+
+ROOT = Path(__file__).resolve().parents[2]
+OURS = {"audit", "exports", "ground", "hub", "ingest"}
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_atomic_write_replaces_whole_with_the_mode_asked(tmp_path: Path) -> None:
+    target = tmp_path / "site.yaml"
+    durable.atomic_write(target, "old\n", 0o644)
+    durable.atomic_write(target, "new\n", 0o644)
+    assert target.read_text() == "new\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["site.yaml"], "a temporary file was left behind"
+
+
+def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_debris(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "status.json"
+    durable.atomic_write(target, b"good")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="Input/output"):
+        durable.atomic_write(target, b"half")
+    assert target.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_create_exclusive_has_exactly_one_winner(tmp_path: Path) -> None:
+    target = tmp_path / "key"
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def race(i: int) -> None:
+        barrier.wait()
+        results.append(durable.create_exclusive(target, f"writer {i}".encode() * 1000))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    content = target.read_bytes()
+    assert content == content[: len(content) // 1000] * 1000, "a half-written or mixed file"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["key"]
+
+
+def test_ground_imports_nothing_of_ours_but_itself() -> None:
+    for path in (ROOT / "ground").glob("*.py"):
+        ours = {name.split(".")[0] for name in imports_of(path)} & OURS
+        assert ours <= {"ground"}, f"{path.name} imports {ours - {'ground'}}"
+
+
+@pytest.mark.parametrize("module", [m for m in REGISTRARS if not m.startswith("ingest.")])
+def test_no_concern_imports_the_command_line_back(module: str) -> None:
+    path = ROOT / (module.replace(".", "/") + ".py")
+    assert "hub.cli" not in imports_of(path), f"{module} imports hub.cli; take CLIError from ground.commands"
