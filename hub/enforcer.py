@@ -29,10 +29,10 @@ from pathlib import Path
 
 import requests
 
+from ground.access import Reason, work_refusal
 from ground.durable import atomic_write
 from hub import runtime
 from hub.accreditation import AccreditationReader, DirectoryUnreachable
-from hub.auth import RESEARCHERS
 from hub.paths import EnclavePaths
 from hub.policy import Policy, PolicyWatch
 
@@ -42,12 +42,14 @@ ACTOR = "enclave-policy"
 
 def refusal(policy: Policy, user: dict, server_name: str, today: date) -> str | None:
     """Why the policy no longer allows this running server, or None."""
-    project = policy.projects.get(server_name)
-    if project is None:
+    why = work_refusal(user["name"], user.get("groups", []), policy.projects.get(server_name), today)
+    if why is None:
+        return None
+    if why.reason is Reason.NO_PROJECT:
         return f"project {server_name} is no longer in the policy"
-    if RESEARCHERS not in user.get("groups", []):
+    if why.reason is Reason.NOT_ACCREDITED:
         return f"{user['name']} is no longer an accredited researcher"
-    return project.access_refusal(user["name"], today)
+    return why.message
 
 
 class Enforcer:

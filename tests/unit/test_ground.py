@@ -7,11 +7,13 @@ import ast
 import os
 import stat
 import threading
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from ground import durable
+from ground.access import RESEARCHERS, Reason, work_refusal
 from ground.commands import REGISTRARS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,3 +86,34 @@ def test_ground_imports_nothing_of_ours_but_itself() -> None:
 def test_no_concern_imports_the_command_line_back(module: str) -> None:
     path = ROOT / (module.replace(".", "/") + ".py")
     assert "hub.cli" not in imports_of(path), f"{module} imports hub.cli; take CLIError from ground.commands"
+
+
+class _Project:
+    id = "p1"
+
+    def access_refusal(self, uid: str, today: date) -> str | None:
+        return None if uid == "alice" else f"{uid} is not a member of project p1"
+
+
+@pytest.mark.parametrize(
+    ("uid", "groups", "project", "reason"),
+    [
+        ("alice", {RESEARCHERS}, _Project(), None),
+        ("alice", {RESEARCHERS}, None, Reason.NO_PROJECT),
+        ("alice", {"enclave-checkers"}, _Project(), Reason.NOT_ACCREDITED),
+        ("alice", set(), _Project(), Reason.NOT_ACCREDITED),
+        ("mallory", {RESEARCHERS}, _Project(), Reason.AGREEMENT),
+        ("alice", None, _Project(), None),  # accreditation carried by the credential (export scope)
+        ("mallory", None, _Project(), Reason.AGREEMENT),
+    ],
+)
+def test_one_rule_for_who_may_work_in_a_project_today(uid, groups, project, reason) -> None:
+    refusal = work_refusal(uid, groups, project, date(2026, 1, 1))
+    assert (refusal.reason if refusal else None) is reason
+
+
+def test_spawner_enforcer_and_export_service_ask_the_one_rule() -> None:
+    for module in ("hub/spawner.py", "hub/enforcer.py", "exports/enclave_policy.py"):
+        source = (ROOT / module).read_text()
+        assert "work_refusal(" in source, f"{module} does not ask ground.access.work_refusal"
+        assert '"enclave-researchers"' not in source, f"{module} spells the accreditation group out again"
