@@ -37,7 +37,7 @@ from hub.paths import EnclavePaths
 from hub.policy import Policy, PolicyWatch
 
 log = logging.getLogger("enclave.enforcer")
-ACTOR = "enclave-policy"
+ACTOR = "service:enclave-policy"
 
 
 def refusal(policy: Policy, user: dict, server_name: str, today: date) -> str | None:
