@@ -12,7 +12,7 @@ from pathlib import Path
 from exports.canonical import Limits
 from exports.projects import ProjectInfo, Thresholds
 from ground.access import work_refusal
-from hub.paths import EnclavePaths
+from ground.paths import EnclavePaths
 from hub.policy import PolicyStore, Project
 
 
