@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import stat
 import threading
@@ -15,19 +14,10 @@ import pytest
 from ground import durable
 from ground.access import RESEARCHERS, Reason, work_refusal
 from ground.commands import REGISTRARS
+from tests.unit.test_audit_standalone import imported_modules
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = {"audit", "exports", "ground", "hub", "ingest"}
-
-
-def imports_of(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-    return names
 
 
 def test_atomic_write_replaces_whole_with_the_mode_asked(tmp_path: Path) -> None:
@@ -78,14 +68,16 @@ def test_create_exclusive_has_exactly_one_winner(tmp_path: Path) -> None:
 
 def test_ground_imports_nothing_of_ours_but_itself() -> None:
     for path in (ROOT / "ground").glob("*.py"):
-        ours = {name.split(".")[0] for name in imports_of(path)} & OURS
+        ours = {name.split(".")[0] for name in imported_modules(path)} & OURS
         assert ours <= {"ground"}, f"{path.name} imports {ours - {'ground'}}"
 
 
 @pytest.mark.parametrize("module", [m for m in REGISTRARS if not m.startswith("ingest.")])
 def test_no_concern_imports_the_command_line_back(module: str) -> None:
     path = ROOT / (module.replace(".", "/") + ".py")
-    assert "hub.cli" not in imports_of(path), f"{module} imports hub.cli; take CLIError from ground.commands"
+    assert "hub.cli" not in imported_modules(path), (
+        f"{module} imports hub.cli; take CLIError from ground.commands"
+    )
 
 
 class _Project:
