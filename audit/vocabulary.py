@@ -25,7 +25,9 @@ from typing import Any
 
 from audit.errors import AuditRecordError, UnknownActionError
 
-VOCABULARY_VERSION = 1
+VOCABULARY_VERSION = 2
+# 2 (December 2026) added: hub.refused, gate.throttled, gate.activity, network.refused, audit.spooled,
+# audit.tail_skipped, auth.mfa, auth.revoke, auth.directory, service.stop. Version 1 records stay valid.
 
 OUTCOMES: frozenset[str] = frozenset({"ok", "denied", "error"})
 

@@ -37,7 +37,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 # The program both containers run (the notebook image's Python, stdlib only). argv[1] is a JSON config.
-AGENT = r'''
+AGENT = r"""
 import glob, json, math, os, sys, threading, time
 cfg = json.loads(sys.argv[1])
 role, ch, T, t0, bits = cfg["role"], cfg["channel"], cfg["slot"], cfg["t0"], cfg["bits"]
@@ -204,7 +204,7 @@ if role == "send":
             os.unlink(f"/workspace/.covert/{name}")
 else:
     print(json.dumps([receive(k) for k in range(len(bits))]))
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,12 @@ class Channel:
 
 
 CHANNELS = (
-    Channel("block-counters", 0.5, "/proc/diskstats, /sys/block/*/stat, /sys/fs/ext4/*: writes to the workspace"),
-    Channel("host-disk-free", 0.5, "statvfs('/') (the host disk under the overlay root): workspace image growth"),
+    Channel(
+        "block-counters", 0.5, "/proc/diskstats, /sys/block/*/stat, /sys/fs/ext4/*: writes to the workspace"
+    ),
+    Channel(
+        "host-disk-free", 0.5, "statvfs('/') (the host disk under the overlay root): workspace image growth"
+    ),
     Channel("data-disk-free", 0.5, "statvfs('/data/<dataset>'): workspace image growth on the host disk"),
     Channel("memory", 1.0, "/proc/meminfo MemAvailable: 256 MiB touched"),
     Channel("threads", 0.2, "/proc/loadavg threads field: 200 threads"),
@@ -226,7 +230,11 @@ CHANNELS = (
     Channel("vmstat", 0.5, "/proc/vmstat pgpgout: disk writes"),
     Channel("pressure", 0.5, "/proc/pressure/cpu: a busy loop"),
     Channel("cpu-timing", 0.3, "the receiver's own loop speed: a busy loop (CPU contention)"),
-    Channel("page-cache", 0.05, "a timed read of one page of a large file of the shared image: the sender read it or not"),
+    Channel(
+        "page-cache",
+        0.05,
+        "a timed read of one page of a large file of the shared image: the sender read it or not",
+    ),
 )
 BY_NAME = {c.name: c for c in CHANNELS}
 PYTHON = "/opt/notebook/bin/python"
@@ -265,12 +273,15 @@ def capacity(sent: list[int], got: list[int], slot: float) -> tuple[float, float
 def _exec(container, config: dict) -> str:
     result = container.exec_run([PYTHON, "-c", AGENT, json.dumps(config)], user="1000:1000")
     if result.exit_code != 0:
-        raise RuntimeError(f"{config['role']} in {container.name} failed: {result.output.decode(errors='replace')}")
+        raise RuntimeError(
+            f"{config['role']} in {container.name} failed: {result.output.decode(errors='replace')}"
+        )
     return result.output.decode()
 
 
-def run_channel(sender, receiver, name: str, bits: list[int], slot: float | None = None,
-                host_receiver=None, **extra) -> dict:
+def run_channel(
+    sender, receiver, name: str, bits: list[int], slot: float | None = None, host_receiver=None, **extra
+) -> dict:
     """Send ``bits`` over channel ``name`` from container ``sender`` to container ``receiver``; return the
     receiver's readings, decoded bits, error rate and capacity. ``host_receiver(config)`` (optional) reads
     the same channel on the host at the same time: a control that the sender's signal is real."""
@@ -279,7 +290,9 @@ def run_channel(sender, receiver, name: str, bits: list[int], slot: float | None
     if name == "page-cache":
         config["pages"] = probe_pages(receiver, len(bits))
         if len(config["pages"]) < len(bits):
-            raise RuntimeError(f"page-cache: only {len(config['pages'])} uncached pages in the image's large files")
+            raise RuntimeError(
+                f"page-cache: only {len(config['pages'])} uncached pages in the image's large files"
+            )
     config["t0"] = time.time() + 3.0  # both exec calls start well before the first slot
     out: dict = {}
     threads = [
@@ -287,7 +300,9 @@ def run_channel(sender, receiver, name: str, bits: list[int], slot: float | None
         threading.Thread(target=lambda: out.update(receive=_exec(receiver, {**config, "role": "receive"}))),
     ]
     if host_receiver is not None:
-        threads.append(threading.Thread(target=lambda: out.update(host=host_receiver({**config, "role": "receive"}))))
+        threads.append(
+            threading.Thread(target=lambda: out.update(host=host_receiver({**config, "role": "receive"})))
+        )
     for t in threads:
         t.start()
     for t in threads:
@@ -312,7 +327,9 @@ def probe_pages(container, wanted: int) -> list[tuple[str, int]]:
     lower = container.attrs["GraphDriver"]["Data"]["LowerDir"].split(":")
     found: list[tuple[str, int]] = []
     for layer in lower:
-        for host_path in (p for top in ("opt", "usr") if Path(layer, top).is_dir() for p in Path(layer, top).rglob("*")):
+        for host_path in (
+            p for top in ("opt", "usr") if Path(layer, top).is_dir() for p in Path(layer, top).rglob("*")
+        ):
             if host_path.is_file() and not host_path.is_symlink() and host_path.stat().st_size > 8 << 20:
                 path = "/" + str(host_path.relative_to(layer))
                 found += [(path, off) for off in uncached_pages(container, path)]
@@ -333,7 +350,14 @@ def uncached_pages(container, path: str, stride: int = 1 << 20) -> list[int]:
     host_file = next(Path(d + path) for d in lower if Path(d + path).is_file())
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     fd = os.open(host_file, os.O_RDONLY)
@@ -353,8 +377,13 @@ def host_reader(config: dict) -> str:
     """The agent's receiver run on the host itself (unmasked /proc): the control for the tests."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-c", AGENT, json.dumps(config)], capture_output=True, text=True,
-                          check=True, timeout=600).stdout
+    return subprocess.run(
+        [sys.executable, "-c", AGENT, json.dumps(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
 
 
 def bits_of(text: str) -> list[int]:
@@ -362,7 +391,7 @@ def bits_of(text: str) -> list[int]:
 
 
 def text_of(bits: list[int]) -> str:
-    data = bytes(int("".join(map(str, bits[i:i + 8])), 2) for i in range(0, len(bits) - 7, 8))
+    data = bytes(int("".join(map(str, bits[i : i + 8])), 2) for i in range(0, len(bits) - 7, 8))
     return data.decode(errors="replace")
 
 
@@ -383,9 +412,16 @@ def _containers(client, image: str, state: Path, mode: str) -> list:
         data.chmod(0o755)
         if mode == "after":
             data = ensure_dataset_filesystem(state, data, project, "d", "1")
-        profile = security_profile(image=image, network="none", dns="127.0.0.1",
-                                   mounts=[Mount(data, "/data/d", True), Mount(workspace, "/workspace", False)],
-                                   cpu=1.0, memory="2G", pids=512, host_block_devices=host_block_device_dirs())
+        profile = security_profile(
+            image=image,
+            network="none",
+            dns="127.0.0.1",
+            mounts=[Mount(data, "/data/d", True), Mount(workspace, "/workspace", False)],
+            cpu=1.0,
+            memory="2G",
+            pids=512,
+            host_block_devices=host_block_device_dirs(),
+        )
         host_config = dict(profile["host_config"])
         for key in ("dns", "dns_search", "sysctls"):
             host_config.pop(key)
@@ -395,9 +431,12 @@ def _containers(client, image: str, state: Path, mode: str) -> list:
         if mode == "after":
             hc.update(profile["engine_host_config"])
         create = {k: v for k, v in profile["create"].items() if k != "healthcheck"}
-        cid = client.api.create_container(**{**create, "network_disabled": True}, host_config=hc,
-                                          entrypoint=["/bin/sleep", "infinity"],
-                                          name=f"covert-{mode}-{project}-{secrets.token_hex(3)}")["Id"]
+        cid = client.api.create_container(
+            **{**create, "network_disabled": True},
+            host_config=hc,
+            entrypoint=["/bin/sleep", "infinity"],
+            name=f"covert-{mode}-{project}-{secrets.token_hex(3)}",
+        )["Id"]
         client.api.start(cid)
         made.append(client.containers.get(cid))
     return made
@@ -413,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", default=",".join(c.name for c in CHANNELS))
     parser.add_argument("--bits", type=int, default=32)
     parser.add_argument("--mode", choices=("before", "after", "both"), default="both")
-    parser.add_argument("--image", default=os.environ.get("ENCLAVE_TEST_IMAGE") or os.environ.get("NOTEBOOK_IMAGE"))
+    parser.add_argument(
+        "--image", default=os.environ.get("ENCLAVE_TEST_IMAGE") or os.environ.get("NOTEBOOK_IMAGE")
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     names = [n for n in args.channels.split(",") if n]
@@ -423,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     client = docker.from_env()
     # The newest notebook image (images/build tags each build with its input hash) unless one is named.
     newest = max(client.images.list("enclave/notebook"), key=lambda i: i.attrs["Created"], default=None)
-    image = args.image or (newest.tags[0] if newest else parser.error("no enclave/notebook image: run images/build"))
+    image = args.image or (
+        newest.tags[0] if newest else parser.error("no enclave/notebook image: run images/build")
+    )
     state = Path(tempfile.mkdtemp(prefix="enclave-covert-", dir="/var/tmp"))
     rows: dict[str, dict] = {}
     made: list = []
@@ -435,8 +478,11 @@ def main(argv: list[str] | None = None) -> int:
                 bits = [secrets.randbelow(2) for _ in range(args.bits)]
                 result = run_channel(sender, receiver, name, bits, target=f".covert-a-{mode}.ext4")
                 rows.setdefault(name, {})[mode] = result
-                print(f"{mode:6} {name:15} slot {result['slot']:.2f}s  BER {result['ber']:.2f}  "
-                      f"{result['bits_per_s']:6.2f} bits/s", file=sys.stderr)
+                print(
+                    f"{mode:6} {name:15} slot {result['slot']:.2f}s  BER {result['ber']:.2f}  "
+                    f"{result['bits_per_s']:6.2f} bits/s",
+                    file=sys.stderr,
+                )
     finally:
         for c in made:
             c.remove(force=True)
@@ -449,8 +495,14 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{r[m]['bits_per_s']:.2f}" if m in r else "-" for m in ("before", "after")]
         print(f"{name:15} {cells[0]:>14} {cells[1]:>13}  {BY_NAME[name].what}")
     if args.json:
-        print(json.dumps({n: {m: {k: v for k, v in r.items() if k != "values"} for m, r in rows[n].items()}
-                          for n in names}))
+        print(
+            json.dumps(
+                {
+                    n: {m: {k: v for k, v in r.items() if k != "values"} for m, r in rows[n].items()}
+                    for n in names
+                }
+            )
+        )
     return 0
 
 

@@ -108,7 +108,8 @@ def make_wide_table(cells: int, columns: int = 100, seed: int = 3) -> bytes:
     rng = random.Random(seed)
     header = ",".join(["region", *(f"n_{j}" for j in range(1, columns))])
     body = (
-        ",".join([REGIONS[i % 10], *(str(rng.randrange(0, 900)) for _ in range(columns - 1))]) for i in range(rows)
+        ",".join([REGIONS[i % 10], *(str(rng.randrange(0, 900)) for _ in range(columns - 1))])
+        for i in range(rows)
     )
     return (header + "\n" + "\n".join(body) + "\n").encode()
 
@@ -135,7 +136,10 @@ def timed_cpu(fn, *args, repeat: int = 3):
     for _ in range(repeat):
         wall, cpu = time.perf_counter(), time.process_time()
         result = fn(*args)
-        best_wall, best_cpu = min(best_wall, time.perf_counter() - wall), min(best_cpu, time.process_time() - cpu)
+        best_wall, best_cpu = (
+            min(best_wall, time.perf_counter() - wall),
+            min(best_cpu, time.process_time() - cpu),
+        )
     return best_wall, best_cpu, result
 
 

@@ -94,7 +94,9 @@ def run(directory: Directory, args: argparse.Namespace, env: dict, label: str) -
             while time.monotonic() < quiet_until:
                 baseline.append(timed_call(bob))
             result: dict = {}
-            flood = threading.Thread(target=lambda r=result: r.update(out=docker_exec(container, cmd, timeout=600)))
+            flood = threading.Thread(
+                target=lambda r=result: r.update(out=docker_exec(container, cmd, timeout=600))
+            )
             flood.start()
             time.sleep(0.5)
             while flood.is_alive():
@@ -124,14 +126,18 @@ def report(label: str, baseline: list[float], during: list[float], flood: dict, 
     print(f"bob's hub API median, baseline:    {base * 1000:7.1f} ms  ({len(baseline)} calls)")
     print(f"bob's hub API median, under flood: {under * 1000:7.1f} ms  ({len(during)} calls)")
     print(f"ratio:                             {under / base:7.2f}   (target <= {RATIO_TARGET})")
-    print(f"flood: {total} requests in {flood['seconds']:.1f} s = {total / flood['seconds']:.0f} req/s; "
-          f"answers {dict(sorted(counts.items()))}")
+    print(
+        f"flood: {total} requests in {flood['seconds']:.1f} s = {total / flood['seconds']:.0f} req/s; "
+        f"answers {dict(sorted(counts.items()))}"
+    )
     print(f"audit: {len(records)} gate.throttled record(s) standing for {counted} throttled requests")
     return {"baseline": base, "under": under, "ratio": under / base, "records": len(records)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=32, help="flooding threads in alice's container")
     parser.add_argument("--seconds", type=float, default=30, help="how long the flood lasts in all")
     parser.add_argument("--rounds", type=int, default=6, help="quiet and flood phases, alternating")
@@ -144,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         env = {"ENCLAVE_AUDIT_REFUSAL_WINDOW": "5"}
         limited = run(directory, args, env, "gate as deployed (5 req/s per server, burst 20)")
         if args.also_unlimited:
-            run(directory, args, {**env, "ENCLAVE_GATE_RATE": "1000000", "ENCLAVE_GATE_BURST": "1000000"},
-                "limit lifted (for comparison only)")
+            run(
+                directory,
+                args,
+                {**env, "ENCLAVE_GATE_RATE": "1000000", "ENCLAVE_GATE_BURST": "1000000"},
+                "limit lifted (for comparison only)",
+            )
     finally:
         directory.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -15,7 +15,7 @@ die() { printf 'deploy: %s\n' "$*" >&2; exit 1; }
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and manages dockerd and iptables)"; }
 
 ensure_packages() {
-  local wanted=(slapd ldap-utils debootstrap iptables python3 python3-venv ca-certificates curl procps e2fsprogs squashfs-tools lxcfs "$@")
+  local wanted=(slapd ldap-utils debootstrap iptables python3 python3-venv ca-certificates curl procps e2fsprogs squashfs-tools lxcfs tcpdump "$@")
   local missing=()
   for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   # Any Docker engine will do (Debian's docker.io, or Docker CE already there).

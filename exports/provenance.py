@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import urllib.error
 import urllib.parse
@@ -17,6 +18,17 @@ import urllib.request
 
 log = logging.getLogger("exports.provenance")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def hub_tls_context():
+    """The service's own pair and trust bundle when the hub speaks TLS inside (``internal_ssl``): the hub
+    then asks every client for a certificate. None (plain HTTP or system trust) otherwise."""
+    if not os.environ.get("JUPYTERHUB_SSL_CERTFILE"):
+        return None
+    from jupyterhub.utils import make_ssl_context
+
+    return make_ssl_context(os.environ["JUPYTERHUB_SSL_KEYFILE"], os.environ["JUPYTERHUB_SSL_CERTFILE"],
+                            cafile=os.environ.get("JUPYTERHUB_SSL_CLIENT_CA"))
 
 
 class HubImageDigests:
@@ -29,7 +41,7 @@ class HubImageDigests:
         url = f"{self.api_url}/users/{urllib.parse.quote(user, safe='')}"
         request = urllib.request.Request(url, headers={"Authorization": f"token {self.token}"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=hub_tls_context()) as response:
                 model = json.loads(response.read())
         except (urllib.error.URLError, OSError, ValueError) as exc:
             log.warning("cannot read the image digest of %s/%s from the hub: %s", user, server, exc)

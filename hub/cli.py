@@ -10,12 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ground.commands import CLIError, Handler, command_group
+from ground.commands import CLIError, Handler
 from ground.commands import registrars as _registrars  # a name tests replace to register one concern
 from ground.paths import EnclavePaths
-
-# CLIError and command_group are named here too for ingest/cli.py until it takes them from ground.commands.
-__all__ = ["CLIError", "build_parser", "command_group", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="enclave",
         description="Administer a research enclave: projects, members, datasets, exports and the audit trail.",
     )
-    parser.add_argument("--state-dir", help="state directory (default: $ENCLAVE_STATE_DIR or /var/lib/enclave)")
+    parser.add_argument(
+        "--state-dir", help="state directory (default: $ENCLAVE_STATE_DIR or /var/lib/enclave)"
+    )
     parser.add_argument("--policy-dir", help="policy directory (default: $ENCLAVE_POLICY_DIR or ./policies)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in _registrars():
@@ -47,4 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m hub.cli`` this module is __main__: call the imported module's main, so that
+    # tests that replace hub.cli._registrars see the same module the command runs in.
+    from hub.cli import main as _main
+
+    sys.exit(_main())

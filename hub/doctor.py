@@ -18,6 +18,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import stat
 import urllib.error
 import urllib.parse
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ground.commands import CLIError
-from hub import firewall
+from hub import firewall, internal_tls
 from hub.paths import EnclavePaths
 from hub.policy import PolicyError, Site, load_policy
 from hub.security_profile import inspect_problems, lxcfs_problem
@@ -113,6 +115,10 @@ class Observed:
     free_bytes: int | None = None  # free space on the state directory's filesystem
     spool_problems: tuple[str, ...] = ()  # the audit spool missing, or holding records that wait for space
     reader_password: FileView | None = None  # ldap.bind_password_file, the directory reader's password
+    internal_tls_problems: tuple[str, ...] = ()  # the internal CA on disk (hub/internal_tls.py)
+    hub_speaks: str | None = (
+        None  # what the hub's internal port answers: "tls", "http", or None (not running)
+    )
 
 
 # ---- checks (pure) ------------------------------------------------------------------------------------
@@ -411,6 +417,8 @@ def check_disk(obs: Observed) -> Check:
     if obs.spool_problems:
         return Check("disk", True, f"{free_mib} MiB free; " + "; ".join(obs.spool_problems), warning=True)
     return Check("disk", True, f"{free_mib} MiB free under the state directory (warning below {floor} MiB)")
+
+
 def check_identity(obs: Observed) -> Check:
     """Revocation within a minute needs the directory reader (hub/accreditation.py); its password is a secret."""
     ldap, session = obs.site.ldap, obs.site.session
@@ -428,6 +436,33 @@ def check_identity(obs: Observed) -> Check:
                  f"sessions {session.max_hours:g} h, idle logout {session.idle_logout_minutes} min")
 
 
+def tls_problems(obs: Observed) -> list[str]:
+    problems = list(obs.internal_tls_problems)
+    if obs.hub_speaks == "http":
+        problems.append(
+            f"the hub answers plain HTTP on 127.0.0.1:{obs.site.hub_internal_port}: internal_ssl is off"
+        )
+    for c in obs.containers:
+        env = {e.split("=", 1)[0] for e in (c.attrs.get("Config") or {}).get("Env") or []}
+        if "JUPYTERHUB_SSL_KEYFILE" not in env:
+            problems.append(f"{c.name} serves plain HTTP (no JUPYTERHUB_SSL_KEYFILE): stop and start it")
+    return problems
+
+
+def check_internal_tls(obs: Observed) -> Check:
+    """Hub, proxy and servers speak TLS to each other (internal_ssl), from a CA only root can read."""
+    problems = tls_problems(obs)
+    if problems:
+        return Check("tls", False, "; ".join(problems))
+    hub = {"tls": "the hub answers TLS only", None: "the hub is not running"}[obs.hub_speaks]
+    return Check(
+        "tls",
+        True,
+        f"internal_ssl on: the internal CA is 0700 with 0600 keys; {hub}; "
+        f"{count(len(obs.containers), 'running server')} with TLS",
+    )
+
+
 CHECKS: tuple[Callable[[Observed], Check], ...] = (
     check_engine,
     check_firewall,
@@ -442,6 +477,7 @@ CHECKS: tuple[Callable[[Observed], Check], ...] = (
     check_oauth,
     check_disk,
     check_identity,
+    check_internal_tls,
 )
 
 
@@ -519,14 +555,56 @@ def _observe_engine(site: Site) -> dict[str, Any]:
     }
 
 
+CERTIFICATE_REQUIRED = 496  # nginx's "SSL Certificate Required": refused in the TLS handshake
+
+
 def _proxy_status(site: Site) -> int | None:
+    """What the proxy API answers a caller with no token (and, on TLS, no client certificate)."""
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # we ask, we don't trust the answer
+    for scheme in ("https", "http"):
+        try:
+            with urllib.request.urlopen(
+                f"{scheme}://127.0.0.1:{site.proxy_api_port}/api/routes",
+                timeout=5,
+                context=insecure if scheme == "https" else None,
+            ) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except urllib.error.URLError as exc:
+            if (
+                scheme == "https"
+                and isinstance(exc.reason, ssl.SSLError)
+                and "CERTIFICATE_REQUIRED" in str(exc.reason)
+            ):
+                return CERTIFICATE_REQUIRED
+        except ssl.SSLError as exc:  # TLS 1.3: the refusal comes after the handshake, on the first read
+            if "CERTIFICATE_REQUIRED" in str(exc):
+                return CERTIFICATE_REQUIRED
+        except OSError:
+            pass
+    return None  # not running
+
+
+def _hub_speaks(site: Site) -> str | None:
+    """Plain HTTP, TLS, or nothing on the hub's internal port: a plain request either gets an HTTP answer
+    (internal_ssl is off) or is not understood."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{site.proxy_api_port}/api/routes", timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+        with socket.create_connection(("127.0.0.1", site.hub_internal_port), timeout=5) as sock:
+            sock.sendall(b"GET /hub/api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = sock.recv(16)
     except OSError:
-        return None  # not running
+        return None if not _port_open(site.hub_internal_port) else "tls"
+    return "http" if answer.startswith(b"HTTP/") else "tls"
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 def _hub_pid(paths: EnclavePaths) -> int | None:
@@ -554,6 +632,25 @@ def _http_problem(url: str) -> str | None:
         return None if exc.code < 500 else f"{url} answers {exc.code}"
     except OSError as exc:
         return f"{url}: {getattr(exc, 'reason', exc)}"
+
+
+def _tls_problem(port: int) -> str | None:
+    """None if a TLS server answers the handshake on 127.0.0.1:``port``, else why not. A gate that asks for
+    a client certificate (internal_ssl) answers the handshake and then refuses us: that is an answer."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # we ask, we don't trust the answer
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="enclave-hub"),
+        ):
+            return None
+    except ssl.SSLError as exc:
+        if "CERTIFICATE_REQUIRED" in str(exc) or "certificate required" in str(exc):
+            return None
+        return f"127.0.0.1:{port}: no TLS handshake ({exc})"
+    except OSError as exc:
+        return f"127.0.0.1:{port}: {exc}"
 
 
 def _port_holders(site: Site, services: tuple[ServiceProcess, ...], hub_pid: int | None) -> dict[int, str]:
@@ -594,10 +691,20 @@ def _exports_oauth(site: Site, services: tuple[ServiceProcess, ...], hub_pid: in
     except psutil.Error as exc:
         return f"cannot read the exports service's environment: {exc}"
     token, client = env.get("JUPYTERHUB_API_TOKEN", ""), env.get("JUPYTERHUB_CLIENT_ID", "service-exports")
-    api = f"http://127.0.0.1:{site.hub_internal_port}/hub/api"
+    # With internal_ssl the hub asks for a client certificate: present the service's own pair, as it does.
+    context = None
+    if env.get("JUPYTERHUB_SSL_CERTFILE"):
+        context = ssl.create_default_context(cafile=env.get("JUPYTERHUB_SSL_CLIENT_CA"))
+        context.check_hostname = False  # the hub's pair names the hub, not 127.0.0.1; the CA is checked
+        try:
+            context.load_cert_chain(env["JUPYTERHUB_SSL_CERTFILE"], env.get("JUPYTERHUB_SSL_KEYFILE"))
+        except OSError as exc:
+            return f"cannot read the exports service's TLS pair: {exc}"
+    scheme = "https" if context is not None else "http"
+    api = f"{scheme}://127.0.0.1:{site.hub_internal_port}/hub/api"
     who = urllib.request.Request(f"{api}/user", headers={"Authorization": f"token {token}"})
     try:
-        with urllib.request.urlopen(who, timeout=10) as resp:
+        with urllib.request.urlopen(who, timeout=10, context=context) as resp:
             name = json.loads(resp.read()).get("name")
     except (OSError, ValueError) as exc:
         return f"the hub refuses the service's API token ({exc})"
@@ -613,7 +720,8 @@ def _exports_oauth(site: Site, services: tuple[ServiceProcess, ...], hub_pid: in
         }
     ).encode()
     try:
-        with urllib.request.urlopen(urllib.request.Request(f"{api}/oauth2/token", data=form), timeout=10):
+        token_request = urllib.request.Request(f"{api}/oauth2/token", data=form)
+        with urllib.request.urlopen(token_request, timeout=10, context=context):
             return "the hub's token endpoint accepted a made-up code"
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace")
@@ -631,7 +739,10 @@ def _observe_services(paths: EnclavePaths, site: Site) -> dict[str, Any]:
     if hub_pid is not None:
         answers = {
             "exports": _http_problem(f"http://127.0.0.1:{site.exports_port}/services/exports/"),
-            "enclave-gate": _http_problem(f"http://127.0.0.1:{site.hub_port}/hub/api/"),
+            # The gate speaks TLS when the hub does (internal_ssl, checked by `tls`), plain HTTP otherwise.
+            "enclave-gate": _tls_problem(site.hub_port)
+            and _http_problem(f"http://127.0.0.1:{site.hub_port}/hub/api/")
+            and _tls_problem(site.hub_port),
         }
     # The trail may live on its own filesystem (a mount at STATE/audit): the fuller of the two counts.
     frees = []
@@ -681,6 +792,8 @@ def observe(paths: EnclavePaths) -> Observed:
         euid=os.geteuid(),
         lxcfs_problem=lxcfs_problem(),
         reader_password=_file_view(Path(site.ldap.bind_password_file)) if site.ldap.bind_password_file else None,
+        internal_tls_problems=tuple(internal_tls.problems(paths.state_dir)),
+        hub_speaks=_hub_speaks(site),
         **_observe_engine(site),
         **_observe_services(paths, site),
     )
@@ -693,7 +806,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     doctor = subparsers.add_parser(
         "doctor",
         help="check the security posture and operations: engine, firewall, networks, containers, image, keys, "
-        "proxy token, lxcfs, managed services, enforcer, exports OAuth, free disk",
+        "proxy token, lxcfs, managed services, enforcer, exports OAuth, free disk, identity, internal TLS",
         description="Check that this installation is locked down as docs/SECURITY.md describes. One line per "
         "check: OK or FAIL and why. Run as root (it reads iptables and the state directory).",
         epilog="exit status: 0 all checks OK; 2 warnings only (disk nearly full, hub not running); 3 a check "

@@ -58,6 +58,9 @@ class Enforcer:
         self.api_url = api_url.rstrip("/")
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {token}"
+        if os.environ.get("JUPYTERHUB_SSL_CERTFILE"):  # internal_ssl: the hub asks for our certificate
+            self.session.cert = (os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERHUB_SSL_KEYFILE"])
+            self.session.verify = os.environ["JUPYTERHUB_SSL_CLIENT_CA"]
         self.watch = PolicyWatch(paths.policy_dir, paths.state_dir)
         self.policy: Policy | None = None
         self.audit = runtime.audit_log(str(paths.state_dir))
@@ -109,7 +112,7 @@ class Enforcer:
         if self.policy is None:
             return
         today = date.today()
-        for user in self.active_users():
+        for user in self.users(state="active"):
             for name, server in (user.get("servers") or {}).items():
                 if not name or server.get("stopped") or server.get("pending") == "stop":
                     continue
@@ -117,12 +120,13 @@ class Enforcer:
                 if reason:
                     self.stop(user["name"], name, reason)
 
-    def active_users(self):
-        """Every user with an active server, page by page (the hub answers at most a page at a time)."""
+    def users(self, **filters):
+        """Every user the hub knows (``state="active"``: with an active server), page by page: the hub
+        answers at most a page at a time."""
         offset = 0
         while True:
             response = self.session.get(
-                f"{self.api_url}/users", params={"state": "active", "offset": offset, "limit": 200},
+                f"{self.api_url}/users", params={**filters, "offset": offset, "limit": 200},
                 headers={"Accept": "application/jupyterhub-pagination+json"}, timeout=10,
             )
             response.raise_for_status()
@@ -145,20 +149,6 @@ class Enforcer:
                                    target=f"{user}/{server}", outcome=outcome, details=details)
 
     # ---- the directory: revocation, outage ---------------------------------------------------------
-    def all_users(self):
-        """Every user the hub knows, page by page."""
-        offset = 0
-        while True:
-            response = self.session.get(f"{self.api_url}/users", params={"offset": offset, "limit": 200},
-                                        headers={"Accept": "application/jupyterhub-pagination+json"}, timeout=10)
-            response.raise_for_status()
-            page = response.json()
-            yield from page["items"]
-            following = page["_pagination"].get("next")
-            if not following:
-                return
-            offset = following["offset"]
-
     def check_directory(self) -> None:
         """Revoke every user the directory no longer accredits; count an outage's grace period."""
         if self.policy is None:
@@ -166,7 +156,7 @@ class Enforcer:
         reader = AccreditationReader(self.policy.site.ldap)
         if not reader.configured:
             return
-        users = list(self.all_users())
+        users = list(self.users())
         try:
             standings = reader.standings([u["name"] for u in users])
         except DirectoryUnreachable as exc:

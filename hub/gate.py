@@ -28,6 +28,7 @@ import os
 import random
 import re
 import signal
+import ssl
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -292,8 +293,9 @@ class Gate:
     """The gate's shared state: rate limiter, token directory and the refusal trail."""
 
     def __init__(self, upstream: str, refusals: RefusalAggregator, limiter: RateLimiter,
-                 tokens: TokenDirectory) -> None:
+                 tokens: TokenDirectory, upstream_tls: ssl.SSLContext | None = None) -> None:
         self.upstream, self.refusals, self.limiter, self.tokens = upstream.rstrip("/"), refusals, limiter, tokens
+        self.upstream_tls = upstream_tls  # the gate's own client certificate, for a hub on https
         # One writer thread: a slow fsync must not stall the event loop that answers every container.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate-audit")
         self.held: dict[str, int] = {}  # throttled requests being held back, per source address
@@ -362,7 +364,7 @@ class GateHandler(web.RequestHandler):
         headers = {k: v for k, v in self.request.headers.items() if k in FORWARDED_HEADERS}
         response = await httpclient.AsyncHTTPClient().fetch(
             self.gate.upstream + self.request.uri, method=method, headers=headers, body=body,
-            raise_error=False, follow_redirects=False, request_timeout=30,
+            raise_error=False, follow_redirects=False, request_timeout=30, ssl_options=self.gate.upstream_tls,
         )
         self.set_status(response.code, response.reason)
         if "Content-Type" in response.headers:
@@ -416,7 +418,45 @@ def make_gate(upstream: str, state_dir: str, service_token: str, *, rate: float,
 
     refusals = RefusalAggregator(AuditLog.open(Path(state_dir)), window=window)
     tokens = TokenDirectory(upstream.rstrip("/") + "/hub/api", service_token, ttl=ttl)
-    return Gate(upstream, refusals, RateLimiter(rate, burst), tokens)
+    return Gate(upstream, refusals, RateLimiter(rate, burst), tokens, upstream_tls=upstream_context(upstream))
+
+
+# ---- TLS on either side --------------------------------------------------------------------------------
+
+
+def upstream_context(upstream: str) -> ssl.SSLContext | None:
+    """For a hub on https: the gate's service pair (``JUPYTERHUB_SSL_*``, given by the hub to a managed
+    service; the hub asks every client for a certificate of its authorities) and the authorities it trusts."""
+    if not upstream.startswith("https:"):
+        return None
+    from jupyterhub.utils import make_ssl_context
+
+    names = ("JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE", "JUPYTERHUB_SSL_CLIENT_CA")
+    missing = [n for n in names if not os.environ.get(n)]
+    if missing:
+        raise SystemExit(f"enclave-gate: the hub {upstream} is https but {', '.join(missing)} is not set "
+                         "(the hub sets them for a managed service when internal_ssl is on)")
+    key, cert, ca = (os.environ[n] for n in names)
+    return make_ssl_context(key, cert, cafile=ca)
+
+
+def listen_context() -> ssl.SSLContext | None:
+    """TLS towards the containers when ``ENCLAVE_GATE_TLS_CERT``/``_KEY`` are set: the gate's pair (signed
+    by hub-ca, which notebooks trust) and, with ``ENCLAVE_GATE_TLS_CLIENT_CA``, a client certificate of
+    that authority required of every caller (each notebook server has one; nothing else on a bridge does)."""
+    cert, key = os.environ.get("ENCLAVE_GATE_TLS_CERT"), os.environ.get("ENCLAVE_GATE_TLS_KEY")
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise SystemExit("enclave-gate: set both ENCLAVE_GATE_TLS_CERT and ENCLAVE_GATE_TLS_KEY, or neither")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    client_ca = os.environ.get("ENCLAVE_GATE_TLS_CLIENT_CA")
+    if client_ca:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _env_float(name: str, default: float) -> float:
@@ -441,14 +481,15 @@ def main() -> None:
     # the few calls it forwards wait a little longer instead.
     os.nice(int(_env_float("ENCLAVE_GATE_NICE", 5)))
     app = make_app(gate)
-    app.listen(int(port), address=host, xheaders=False, max_body_size=1024 * 1024)
+    tls = listen_context()
+    app.listen(int(port), address=host, xheaders=False, max_body_size=1024 * 1024, ssl_options=tls)
     ioloop.PeriodicCallback(gate.flush_due, 5000).start()
     start_network_summarizer(gate)
     loop = asyncio.get_event_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: _shutdown(gate))
-    log.info("hub gate on %s -> %s, %.1f req/s per server (burst %d)", bind, gate.upstream,
-             gate.limiter.rate, gate.limiter.burst)
+    log.info("hub gate on %s (%s) -> %s, %.1f req/s per server (burst %d)", bind, "TLS" if tls else "plain HTTP",
+             gate.upstream, gate.limiter.rate, gate.limiter.burst)
     ioloop.IOLoop.current().start()
 
 

@@ -8,7 +8,7 @@ import os
 import ssl
 import sys
 
-from hub import firewall, runtime, services
+from hub import firewall, internal_tls, runtime, services
 from hub.auth import ENCLAVE_GROUPS, EnclaveAuthenticator, enclave_roles, group_dn
 from hub.home import project_rows
 from hub.paths import REPO_ROOT, EnclavePaths
@@ -46,21 +46,33 @@ c.JupyterHub.bind_url = site.public_url
 # The hub listens on loopback only. Containers reach it through the gate (hub/gate.py, a service below)
 # on hub_port of their network's gateway, which passes only the notebook server's own API calls; the
 # host firewall (hub/firewall.py) admits enclave bridges to that port and the export port, nothing else.
-c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{site.hub_internal_port}"
-c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{site.hub_internal_port}"
+c.JupyterHub.hub_bind_url = f"https://127.0.0.1:{site.hub_internal_port}"
+c.JupyterHub.hub_connect_url = f"https://127.0.0.1:{site.hub_internal_port}"
 c.JupyterHub.db_url = f"sqlite:///{paths.hub_dir / 'jupyterhub.sqlite'}"
 c.JupyterHub.cookie_secret_file = str(paths.secret("cookie_secret"))
 c.JupyterHub.pid_file = str(paths.hub_dir / "jupyterhub.pid")
 # The proxy runs on its own (deploy/), so routes survive a hub restart; servers keep running too.
 c.JupyterHub.cleanup_servers = False
 c.ConfigurableHTTPProxy.should_start = False
-c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{site.proxy_api_port}"
+c.ConfigurableHTTPProxy.api_url = f"https://127.0.0.1:{site.proxy_api_port}"
 c.ConfigurableHTTPProxy.auth_token = secret("proxy_auth_token")
 c.JupyterHub.template_paths = [str(REPO_ROOT / "hub" / "templates")]
 c.JupyterHub.template_vars = {"enclave_projects": lambda user: project_rows(store, user)}
 # About 2.5 s per spawn on 2 cores and 20 concurrent in about 36 s (DESIGN.md section 8).
 c.JupyterHub.concurrent_spawn_limit = 20
 c.JupyterHub.default_url = "/hub/home"
+
+# ---- TLS inside (hub/internal_tls.py) ----------------------------------------------------------
+# Hub, proxy, notebook servers, gate and services speak TLS to each other, each side presenting a
+# certificate of JupyterHub's certipy-made authorities, kept in the state directory. The proxy is started
+# before the hub (deploy/demo, the systemd unit), so the authorities are made here first, idempotently.
+try:
+    internal_tls.ensure_authorities(paths.state_dir)
+except Exception as exc:  # noqa: BLE001 -- any failure here means no TLS: refuse to start
+    sys.exit(f"enclave: the internal CA in {internal_tls.tls_dir(paths.state_dir)} cannot be made: {exc}")
+c.JupyterHub.internal_ssl = True
+c.JupyterHub.internal_certs_location = str(internal_tls.ca_dir(paths.state_dir))
+c.JupyterHub.recreate_internal_certs = False  # rotation is an operator's step (docs/OPERATIONS.md)
 
 # ---- authentication: LDAP over StartTLS, groups -> roles --------------------------------------
 c.JupyterHub.authenticator_class = EnclaveAuthenticator
@@ -145,6 +157,8 @@ c.JupyterHub.services = [
             f"--timeout={site.idle_timeout_seconds}",
             f"--cull-every={os.environ.get('ENCLAVE_CULL_EVERY', '60')}",
             "--cull-named-servers=true", "--remove-named-servers=false",
+            # the culler presents the hub's own pair (that is how jupyterhub_idle_culler does TLS)
+            "--ssl-enabled=true", f"--internal-certs-location={internal_tls.ca_dir(paths.state_dir)}",
         ],
         "environment": {"ENCLAVE_STATE_DIR": str(paths.state_dir)},  # marks it as this installation's
     },
@@ -171,7 +185,9 @@ c.JupyterHub.services = [
         "environment": {
             "ENCLAVE_STATE_DIR": str(paths.state_dir),
             "ENCLAVE_GATE_BIND": f"0.0.0.0:{site.hub_port}",
-            "ENCLAVE_HUB_UPSTREAM": f"http://127.0.0.1:{site.hub_internal_port}",
+            "ENCLAVE_HUB_UPSTREAM": f"https://127.0.0.1:{site.hub_internal_port}",
+            # Containers reach the gate over TLS as https://enclave-hub:<hub_port> (hub/internal_tls.py).
+            **internal_tls.gate_environment(paths.state_dir),
             # Its firewall-drop summarizer (hub/netlog.py) reads only this installation's bridges.
             "ENCLAVE_NETWORK_PREFIX": site.network_prefix,
             **{k: v for k, v in os.environ.items() if k.startswith(("ENCLAVE_AUDIT_", "ENCLAVE_GATE_"))},

@@ -97,7 +97,17 @@ HEALTHCHECK_CODE = (
     "import os,urllib.request as u;"
     "u.urlopen('http://127.0.0.1:%d'+os.environ.get('JUPYTERHUB_SERVICE_PREFIX','/')+'api',timeout=5)"
 )
+# With TLS inside, the server asks every client for a certificate of the hub's or the proxy's authority,
+# which the container does not hold: the check is then a TLS 1.3 handshake, which the server completes
+# before it looks at the (absent) client certificate. A hung or plain-HTTP server fails it.
+HEALTHCHECK_TLS_CODE = (
+    "import socket,ssl;c=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT);c.check_hostname=False;"
+    "c.verify_mode=ssl.CERT_NONE;c.minimum_version=ssl.TLSVersion.TLSv1_3;"
+    "c.wrap_socket(socket.create_connection(('127.0.0.1',%d),timeout=5)).close()"
+)
 SECOND_NS = 1_000_000_000
+# Where the container finds its TLS key, certificate and CA (hub/internal_tls.py), bound read-only.
+TLS_DIR = "/etc/enclave-tls"
 
 
 def host_block_device_dirs(sysfs: Path = Path("/sys")) -> list[str]:
@@ -152,12 +162,20 @@ def security_profile(
     port: int = 8888,
     lxcfs_dir: Path = LXCFS_DIR,
     host_block_devices: tuple[str, ...] | list[str] = (),
+    tls: Path | None = None,
+    hub_hostname: str | None = None,
 ) -> dict[str, Any]:
     """Everything the engine is told about one notebook container, as create_host_config kwargs
     (``host_config``), create_container kwargs (``create``) and HostConfig fields docker-py has no
-    keyword for (``engine_host_config``, merged into the host config as they are)."""
+    keyword for (``engine_host_config``, merged into the host config as they are).
+
+    ``tls``: the host directory with this server's TLS key, certificate and CA, bound read-only at
+    :data:`TLS_DIR`. ``hub_hostname``: the name the server calls the hub by, resolved to the network's
+    gateway (``dns``) in the container's /etc/hosts: the gate's certificate is for that name."""
     mem = memory_bytes(memory)
     lxcfs = [f"{lxcfs_dir / source}:{target}:ro" for source, target in LXCFS_FILES]
+    if tls is not None:
+        mounts = [*mounts, Mount(tls, TLS_DIR, read_only=True)]
     host_config: dict[str, Any] = {
         # Network: the project's internal network only. DNS points at the network's own gateway,
         # where the host firewall drops it: Docker's embedded resolver then has nowhere to forward
@@ -165,6 +183,7 @@ def security_profile(
         "network_mode": network,
         "dns": [dns],
         "dns_search": [],
+        "extra_hosts": {hub_hostname: dns} if hub_hostname else {},
         "sysctls": {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"},
         # Filesystem: read-only root, data read-only, workspace the only persistent writable place.
         "read_only": True,
@@ -202,7 +221,8 @@ def security_profile(
         "network_disabled": False,
         "labels": {"org.enclave.role": "notebook"},
         "healthcheck": {
-            "test": ["CMD", "/opt/notebook/bin/python", "-I", "-S", "-c", HEALTHCHECK_CODE % port],
+            "test": ["CMD", "/opt/notebook/bin/python", "-I", "-S", "-c",
+                     (HEALTHCHECK_TLS_CODE if tls is not None else HEALTHCHECK_CODE) % port],
             "interval": 15 * SECOND_NS, "timeout": 10 * SECOND_NS, "retries": 3, "start_period": 60 * SECOND_NS,
         },
     }
@@ -275,6 +295,8 @@ def inspect_problems(attrs: dict[str, Any]) -> list[str]:
             problems.append(f"the Docker socket is mounted ({source} at {dest})")
         elif dest == WORKSPACE:
             continue
+        elif dest == TLS_DIR:
+            want(mount.get("RW") is False, f"the TLS key directory {dest} is writable")
         elif dest in lxcfs_targets:
             want(mount.get("RW") is False, f"lxcfs file {dest} is writable")
         elif dest.startswith(DATA_ROOT + "/"):

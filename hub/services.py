@@ -136,10 +136,23 @@ def belongs_to(env: dict[str, str], state_dir: str, hub_internal_port: int) -> b
     return f"127.0.0.1:{hub_internal_port}/" in api
 
 
+def on_our_side(proc: psutil.Process) -> bool:
+    """Run by our user in our PID namespace. A notebook container's processes are visible in the host's
+    /proc too, and a researcher chooses their environment: without this, one could dress a process up as
+    a stale exports service or a second enforcer, and make the doctor fail or the hub signal it."""
+    try:
+        same_ns = os.readlink(f"/proc/{proc.pid}/ns/pid") == os.readlink("/proc/self/ns/pid")
+        return same_ns and proc.uids().real == os.getuid()
+    except (OSError, psutil.Error):
+        return False
+
+
 def find_services(state_dir: str, hub_internal_port: int) -> list[ServiceProcess]:
     """Every running managed service of this installation, whichever hub started it."""
     found = []
     for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        if not on_our_side(proc):
+            continue
         env = _environ(proc)
         if not belongs_to(env, state_dir, hub_internal_port):
             continue

@@ -16,19 +16,21 @@ from typing import Any
 
 from dockerspawner import DockerSpawner
 from tornado import web
-from traitlets import Unicode, default, validate
+from traitlets import List, Unicode, default, validate
 
 from audit import AuditWriteError
 from ground.access import Reason, work_refusal
-from hub import firewall, runtime
+from hub import firewall, internal_tls, runtime
 from hub.audit_hooks import AuditUnavailable, stop_requested_here
 from hub.dataset_images import ensure_dataset_filesystem
 from hub.paths import EnclavePaths
-from hub.policy import Project
+from hub.policy import Policy, Project
 from hub.security_profile import (
     DATA_ROOT,
     HOME,
     LXCFS_DIR,
+    NOTEBOOK_GID,
+    NOTEBOOK_UID,
     PROTECTED_HOST_CONFIG,
     WORKSPACE,
     Mount,
@@ -41,6 +43,13 @@ from hub.workspace import WorkspaceError, ensure_workspace
 # Filesystem work (mkfs, mksquashfs, mount) blocks for up to seconds: never on the event loop, and not on
 # DockerSpawner's single engine thread either, or every other spawn's engine calls would queue behind it.
 FILESYSTEM_EXECUTOR = ThreadPoolExecutor(2, thread_name_prefix="enclave-fs")
+# Signing a server's certificate reads the CA key and writes files: small, but still disk I/O.
+TLS_EXECUTOR = ThreadPoolExecutor(1, thread_name_prefix="enclave-tls")
+
+
+async def in_executor(executor: ThreadPoolExecutor, fn, *args):
+    """Run a blocking call off the event loop, as DockerSpawner does for its engine calls."""
+    return await asyncio.wrap_future(executor.submit(fn, *args))
 
 
 class SpawnError(web.HTTPError):
@@ -64,6 +73,22 @@ def bridge_name(network: str) -> str:
     return "enc" + hashlib.sha256(network.encode()).hexdigest()[:10]
 
 
+def enclave_environment(project: Project, gateway: str, exports_port: int) -> dict[str, str]:
+    """The container's own settings: its project, the export door, and writable Jupyter paths on a
+    read-only root (DESIGN.md section 8)."""
+    return {
+        "ENCLAVE_PROJECT": project.id,
+        "ENCLAVE_EXPORT_URL": f"http://{gateway}:{exports_port}/services/exports/",
+        "ENCLAVE_TERMINALS": "1" if project.terminals else "0",
+        "HOME": HOME,
+        "JUPYTER_RUNTIME_DIR": f"{HOME}/.local/share/jupyter/runtime",
+        "JUPYTER_DATA_DIR": f"{HOME}/.local/share/jupyter",
+        "IPYTHONDIR": f"{HOME}/.ipython",
+        "MPLCONFIGDIR": f"{HOME}/.config/matplotlib",
+        "XDG_CACHE_HOME": f"{HOME}/.cache",
+    }
+
+
 class EnclaveSpawner(DockerSpawner):
     """DockerSpawner whose container is derived entirely from the project policy."""
 
@@ -83,6 +108,13 @@ class EnclaveSpawner(DockerSpawner):
         "another. A spawn is refused while lxcfs is not answering.",
     ).tag(config=True)
 
+    workspace_mkfs = List(
+        Unicode(),
+        ["mkfs.ext4"],
+        help="The command that makes a quota'd workspace's ext4 filesystem (its options follow). Only the "
+        "event-loop test sets another one: a wrapper that is slow like mkfs on a large, slow disk.",
+    ).tag(config=True)
+
     @default("state_dir")
     def _state_dir_default(self):
         return str(EnclavePaths.from_env().state_dir)
@@ -94,6 +126,14 @@ class EnclaveSpawner(DockerSpawner):
     @property
     def policy_store(self):
         return runtime.policy_store(self.policy_dir, self.state_dir)
+
+    _spawn_policy: Policy | None = None
+
+    @property
+    def policy(self) -> Policy:
+        """The policy of this spawn: read once when it starts (:meth:`start`), so an edit in the middle of a
+        spawn cannot give it a mix of two policies. Outside a spawn, the newest policy."""
+        return self._spawn_policy or self.policy_store.current()
 
     @property
     def audit(self):
@@ -128,7 +168,7 @@ class EnclaveSpawner(DockerSpawner):
         return EnclavePaths(Path(self.state_dir), Path(self.policy_dir))
 
     def project_network_name(self) -> str:
-        prefix = self.policy_store.current().site.network_prefix
+        prefix = self.policy.site.network_prefix
         return f"{prefix}{self.name}"
 
     def authorize(self) -> Project:
@@ -147,8 +187,7 @@ class EnclaveSpawner(DockerSpawner):
                 "come from the project policy.",
                 status=400,
             )
-        policy = self.policy_store.current()
-        project = policy.projects.get(self.name)
+        project = self.policy.projects.get(self.name)
         if project is None:
             raise SpawnRefused(f"Unknown project '{self.name}'.", status=404)
         refusal = work_refusal(self.user.name, {g.name for g in self.user.groups}, project, date.today())
@@ -158,12 +197,12 @@ class EnclaveSpawner(DockerSpawner):
             raise SpawnRefused(f"Cannot start {project.id}: {refusal.message}.")
         return project
 
-    def project_mounts(self, project: Project) -> list[Mount]:
+    def project_mounts(self, project: Project, in_use: bool) -> list[Mount]:
         """Datasets read-only under /data (outside Jupyter's root), the shared workspace read-write.
 
         Blocking (it builds and mounts filesystems): run it in FILESYSTEM_EXECUTOR. Each dataset is its own
         read-only squashfs (hub/dataset_images.py), so statvfs on /data shows that filesystem only."""
-        policy = self.policy_store.current()
+        policy = self.policy
         mounts = []
         for ref in project.datasets:
             published = self.paths.data_dir / project.id / ref.id / ref.version
@@ -180,20 +219,21 @@ class EnclaveSpawner(DockerSpawner):
             except WorkspaceError as exc:
                 raise SpawnError(f"Cannot start {project.id}: {exc}") from exc
             mounts.append(Mount(mounted, f"{DATA_ROOT}/{ref.id}", read_only=True))
-        mounts.append(Mount(self.ensure_workspace(project), WORKSPACE, read_only=False))
+        mounts.append(Mount(self.ensure_workspace(project, in_use), WORKSPACE, read_only=False))
         return mounts
 
-    def ensure_workspace(self, project: Project) -> Path:
-        """The project's shared workspace, owned by the notebook uid, quota'd when the policy says so."""
+    def ensure_workspace(self, project: Project, in_use: bool) -> Path:
+        """The project's shared workspace, owned by the notebook uid, quota'd when the policy says so.
+        ``in_use``: a server of the project runs, so its filesystem stays online (blocking; executor)."""
         try:
             return ensure_workspace(self.paths.workspaces_dir, project.id, project.resources.workspace_quota,
-                                    in_use=self.project_in_use(project.id))
+                                    in_use=in_use, mkfs=tuple(self.workspace_mkfs))
         except WorkspaceError as exc:
             raise SpawnError(f"Cannot start {project.id}: {exc}") from exc
 
-    def project_in_use(self, project_id: str) -> bool:
+    async def project_in_use(self, project_id: str) -> bool:
         """Whether any container of this project runs (then its workspace stays online)."""
-        running = self.client.containers(filters={"label": f"org.enclave.project={project_id}"})
+        running = await self.docker("containers", filters={"label": f"org.enclave.project={project_id}"})
         return bool(running)
 
     # ---- engine -------------------------------------------------------------------------------
@@ -233,7 +273,7 @@ class EnclaveSpawner(DockerSpawner):
                 },
             )
             net = client.inspect_network(net["Id"])
-        site = self.policy_store.current().site
+        site = self.policy.site
         # The bridge the network really has: a network made elsewhere (by hand, by an older version) has
         # Docker's br-<id>, and rules for our own name would leave that bridge open to the host.
         firewall.ensure_bridge(firewall.network_bridge(net), [site.hub_port, site.exports_port])
@@ -258,25 +298,37 @@ class EnclaveSpawner(DockerSpawner):
 
     async def start(self):
         self.image_digest = ""  # set again once a container runs; a failed spawn leaves nothing to stop
+        # One policy for the whole spawn: every decision reads this snapshot (see `policy`).
+        self._spawn_policy = self.policy_store.current()
+        try:
+            return await self._start(self._spawn_policy)
+        finally:
+            self._spawn_policy = None
+
+    async def _start(self, policy: Policy):
         try:
             project = self.authorize()
             await self.check_engine()
             # A hung FUSE daemon blocks its readers: ask it from the executor, not the event loop.
-            problem = await asyncio.wrap_future(FILESYSTEM_EXECUTOR.submit(lxcfs_problem, Path(self.lxcfs_dir)))
+            problem = await in_executor(FILESYSTEM_EXECUTOR, lxcfs_problem, Path(self.lxcfs_dir))
             if problem:
                 raise SpawnError(f"Cannot start {project.id}: {problem}. Without it the container would "
                                  "see the host's memory, load and disk counters.")
-            mounts = await asyncio.wrap_future(FILESYSTEM_EXECUTOR.submit(self.project_mounts, project))
+            in_use = await self.project_in_use(project.id)
+            mounts = await in_executor(FILESYSTEM_EXECUTOR, self.project_mounts, project, in_use)
             gateway = await self.ensure_network(project)
+            tls = await self.prepare_tls()
         except SpawnRefused as exc:
             self.record("server.spawn", "denied", reason=exc.reason_text)
             raise
         except Exception as exc:  # workspace, firewall or engine trouble: on the trail too
             self.record("server.spawn", "error", reason=f"{type(exc).__name__}: {exc}"[:1000])
             raise
-        site = self.policy_store.current().site
+        site = policy.site
         self.network_name = self.project_network_name()
-        self.hub_connect_url = f"http://{gateway}:{site.hub_port}"
+        # The gate's certificate is for a name, not for the gateway's address (which differs per network).
+        hub_host = internal_tls.GATE_HOSTNAME if tls is not None else gateway
+        self.hub_connect_url = f"{'https' if tls is not None else 'http'}://{hub_host}:{site.hub_port}"
         self.image = site.image
         self._profile = security_profile(
             image=site.image,
@@ -290,22 +342,18 @@ class EnclaveSpawner(DockerSpawner):
             port=self.port,
             lxcfs_dir=Path(self.lxcfs_dir),
             host_block_devices=host_block_device_dirs(),
+            tls=tls,
+            hub_hostname=internal_tls.GATE_HOSTNAME if tls is not None else None,
         )
-        self._enclave_env = {
-            "ENCLAVE_PROJECT": project.id,
-            "ENCLAVE_EXPORT_URL": f"http://{gateway}:{site.exports_port}/services/exports/",
-            "ENCLAVE_TERMINALS": "1" if project.terminals else "0",
-            "HOME": HOME,
-            "JUPYTER_RUNTIME_DIR": f"{HOME}/.local/share/jupyter/runtime",
-            "JUPYTER_DATA_DIR": f"{HOME}/.local/share/jupyter",
-            "IPYTHONDIR": f"{HOME}/.ipython",
-            "MPLCONFIGDIR": f"{HOME}/.config/matplotlib",
-            "XDG_CACHE_HOME": f"{HOME}/.cache",
-        }
+        self._enclave_env = enclave_environment(project, gateway, site.exports_port)
         # The record comes first: a spawn that cannot be recorded does not start (issue 19).
         await self.record_spawn(site.image)
         try:
             ip_port = await super().start()
+            if tls is not None:
+                # Signed for the address the engine gave; the container starts its server when it appears.
+                await in_executor(TLS_EXECUTOR, internal_tls.sign_server, Path(self.state_dir),
+                                  self.container_name, ip_port[0], (NOTEBOOK_UID, NOTEBOOK_GID))
         except Exception as exc:
             self.record("server.spawn", "error", reason=f"{type(exc).__name__}: {exc}")
             raise
@@ -317,6 +365,31 @@ class EnclaveSpawner(DockerSpawner):
                               target=f"{ref.id}@{ref.version}", details={"server": f"{self.user.name}/{self.name}",
                                                                        "read_only": True})
         return ip_port
+
+    # ---- TLS inside (hub/internal_tls.py) ----------------------------------------------------------------
+
+    async def create_certs(self):
+        """Where the container will find its pair. It is signed in :meth:`start`, once the container has its
+        address: the hub and the proxy verify the address they connect to, and it is not known before."""
+        return internal_tls.container_paths()
+
+    async def move_certs(self, paths):
+        """Nothing to move: the pair is written into a directory bound read-only into the container
+        (DockerSpawner's own staging container and volume would bypass the security profile)."""
+        return paths
+
+    async def prepare_tls(self) -> Path | None:
+        """An empty certificate directory for this server, or None when internal_ssl is off."""
+        if not self.internal_ssl:
+            return None
+        return await in_executor(TLS_EXECUTOR, internal_tls.prepare_server_dir, Path(self.state_dir),
+                                 self.container_name)
+
+    async def get_command(self):
+        command = await super().get_command()
+        if not self.internal_ssl:
+            return command
+        return ["/bin/sh", "-c", internal_tls.WAIT_FOR_CERTIFICATE, "enclave-wait-for-tls", *command]
 
     image_digest = ""
 
@@ -386,6 +459,8 @@ class EnclaveSpawner(DockerSpawner):
     async def stop(self, now=False):
         digest = self.image_digest
         await super().stop(now=now)
+        if self.internal_ssl:  # the key goes with its server
+            await in_executor(TLS_EXECUTOR, internal_tls.remove_server_dir, Path(self.state_dir), self.container_name)
         if stop_requested_here(self.user.name, self.name, digest):
             return  # asked for over the API: hub/audit_hooks.py records it once, naming who asked
         if not digest:

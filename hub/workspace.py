@@ -24,7 +24,10 @@ class WorkspaceError(RuntimeError):
 
 
 def _run(*cmd: str, ok: tuple[int, ...] = (0,)) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as exc:  # the tool itself is missing or not executable
+        raise WorkspaceError(f"{cmd[0]} cannot run: {exc.strerror}") from exc
     if proc.returncode not in ok:
         raise WorkspaceError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip()}")
 
@@ -33,23 +36,27 @@ def image_path(workspaces_dir: Path, project: str) -> Path:
     return workspaces_dir / f".{project}.ext4"
 
 
-def ensure_workspace(workspaces_dir: Path, project: str, quota: str | None, in_use: bool = False) -> Path:
+def ensure_workspace(workspaces_dir: Path, project: str, quota: str | None, in_use: bool = False,
+                     mkfs: tuple[str, ...] = ("mkfs.ext4",)) -> Path:
     """Create (and with a quota, mount or grow) the workspace of ``project``; return its path.
 
-    ``in_use``: a server of the project is running, so its filesystem must not be taken offline."""
+    Blocking (mkfs, e2fsck, resize2fs, mount run for up to seconds): the hub calls it from an executor.
+    ``in_use``: a server of the project is running, so its filesystem must not be taken offline.
+    ``mkfs``: the command that makes the ext4 filesystem (EnclaveSpawner.workspace_mkfs)."""
     # Only root (and, through their bind mounts, the containers) may enter the workspaces.
     workspaces_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     workspaces_dir.chmod(0o700)
     path = workspaces_dir / project
     path.mkdir(exist_ok=True)
     if quota:
-        _ensure_filesystem(path, image_path(workspaces_dir, project), memory_bytes(quota), project, in_use)
+        _ensure_filesystem(path, image_path(workspaces_dir, project), memory_bytes(quota), project, in_use, mkfs)
     os.chown(path, NOTEBOOK_UID, NOTEBOOK_GID)
     path.chmod(0o770)
     return path
 
 
-def _ensure_filesystem(path: Path, image: Path, size: int, project: str, in_use: bool) -> None:
+def _ensure_filesystem(path: Path, image: Path, size: int, project: str, in_use: bool,
+                       mkfs: tuple[str, ...] = ("mkfs.ext4",)) -> None:
     if not image.exists():
         if any(path.iterdir()) and not os.path.ismount(path):
             raise WorkspaceError(
@@ -59,7 +66,7 @@ def _ensure_filesystem(path: Path, image: Path, size: int, project: str, in_use:
         tmp = image.with_suffix(".tmp")
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as fh:
             fh.truncate(size)  # sparse: disk is used as the workspace fills
-        _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E",
+        _run(*mkfs, "-q", "-F", "-m", "0", "-E",
              f"root_owner={NOTEBOOK_UID}:{NOTEBOOK_GID},lazy_itable_init=1,lazy_journal_init=1", str(tmp))
         os.replace(tmp, image)
     current = image.stat().st_size

@@ -9,7 +9,7 @@
 ``<id>.yaml``'s ``spec:`` if it has one, else ``<id>.spec.yaml``.
 
 The ``dataset`` group is shared: hub.provision adds attach/detach/list to it, through the same
-``hub.cli.command_group``, so the order of registration does not matter.
+``ground.commands.command_group``, so the order of registration does not matter.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from hub.cli import CLIError, command_group
-from hub.paths import EnclavePaths
+from ground.commands import CLIError, command_group
+from ground.paths import EnclavePaths
 from ingest.errors import IngestError, RefusedError
 
 GROUP = "dataset"
@@ -33,7 +33,7 @@ GROUP = "dataset"
 
 def dataset_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The ``enclave dataset`` group's subcommands, shared with hub.provision (whoever registers first
-    creates the group: hub.cli.command_group)."""
+    creates the group: ground.commands.command_group)."""
     return command_group(subparsers, GROUP, "datasets: catalogue, grants, ingest")
 
 
@@ -138,6 +138,15 @@ def _ingest(args: argparse.Namespace, paths: EnclavePaths) -> int:
             raise CLIError(f"refused: {exc}") from None
         except IngestError as exc:
             raise CLIError(str(exc)) from None
+        except Exception as exc:
+            # A library's message may quote a raw value; stderr is often logged. The type only, unless the
+            # administrator asks for the traceback on a machine where raw data may be shown.
+            if os.environ.get("ENCLAVE_DEBUG"):
+                raise
+            raise CLIError(
+                f"internal error during the ingest ({type(exc).__name__}); nothing was published. "
+                "Re-run with ENCLAVE_DEBUG=1 to see the traceback (it may show raw values)."
+            ) from None
     m = result.manifest
     k = m.get("k_anonymity") or {}
     print(
@@ -145,6 +154,14 @@ def _ingest(args: argparse.Namespace, paths: EnclavePaths) -> int:
         f"  {m['rows_total']} rows in {len(m['tables'])} tables, {k.get('suppressed', 0)} of "
         f"{k.get('records', '?')} persons suppressed for k={k.get('k_required', '-')}, "
         f"{result.seconds:.1f} s\n  manifest sha256 {result.manifest_sha256}"
+    )
+    suppressed = sum((e.get("suppressed") or 0) for e in (m.get("allowlist") or {}).values())
+    linkage = m.get("linkage") or {}
+    shares = ", ".join(f"{o} {r['share']:.1%}" for o, r in (linkage.get("against") or {}).items())
+    print(
+        f"  {suppressed} value(s) outside their column's declaration suppressed; linkage one to one: "
+        f"{shares or 'no other project declared'} (same view: {linkage.get('same_view_share', '-')}); "
+        "risk report: enclave dataset report"
     )
     return 0
 

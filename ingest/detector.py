@@ -17,6 +17,17 @@ for identifiers that should not be there, whatever the spec said:
 - ``unique_id``: a column that was not pseudonymized but looks like an id: almost every value distinct, or
   named like an id (``*_id`` that is not ``*_concept_id``).
 - ``free_text``: long, mostly distinct text values.
+- ``dob``: dates of birth in Korean and dotted forms (``1963년 12월 4일``, ``63.12.04``, ``1963-12-04``).
+- ``mrn``: record numbers introduced as such (``MRN: 1234567``, ``등록번호 …``, ``chart no …``).
+
+Every text value is normalized first (NFKC: full-width digits and letters; every dash one ``-``; odd
+spaces), and numbers are also looked for in a *digit skeleton* where separators after a digit are gone
+(``800101 – 1234567``, ``(02) 583-6318``, ``+82 (0)10-…``), e-mails with ``at``/``dot`` spelled out are
+rewritten, names are also looked for with spaces removed, and every run of 6 or more digits is compared
+with the digits of the raw identifiers the spec drops. Float columns are checked like integer ones
+(``8001011234567.0``).
+
+This is the second line: kept text columns are allowlisted (ingest.allowlist) before this runs.
 
 Any finding blocks publication unless the column's rule waives that detector with a reason. Reports never
 quote a value: examples are shown as shapes (``######-#######``).
@@ -28,13 +39,14 @@ import datetime as dt
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
 
 from ingest.spec import TableSpec
 
-DETECTORS = ("rrn", "phone", "email", "name", "raw_value", "unique_id", "free_text")
+DETECTORS = ("rrn", "phone", "email", "name", "raw_value", "unique_id", "free_text", "dob", "mrn")
 
 RRN = r"(?:^|[^0-9])([0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])-?[0-9][0-9]{6})(?:[^0-9]|$)"
 PHONE = (
@@ -43,6 +55,16 @@ PHONE = (
 )
 EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 _RRN_CAPTURE = r"([0-9]{2})([0-9]{2})([0-9]{2})-?([0-9])"
+DOB = (
+    r"(?:(?:19|20)?[0-9]{2}\s*년\s*[0-9]{1,2}\s*월\s*[0-9]{1,2}\s*일)"
+    r"|(?:(?:^|[^0-9.])(?:19|20)?[0-9]{2}[./-]\s?(?:0?[1-9]|1[0-2])[./-]\s?(?:0?[1-9]|[12][0-9]|3[01])\.?(?:[^0-9]|$))"
+    r"|생년월일"
+)
+MRN = r"(?i)(?:\bmrn|\bchart\s*(?:no|num)|\bpatient\s*(?:no|num|id)|등록\s*번호|병록\s*번호|환자\s*번호)\s*[:#.=]?\s*[0-9]{3,}"
+_SEPARATED = r"([0-9])[\s.\-/_,()]+"
+_AT = r"(?i)\s*(?:\[\s*at\s*\]|\(\s*at\s*\)|\{\s*at\s*\}|\bat\b|골뱅이)\s*"
+_DOT = r"(?i)\s*(?:\[\s*dot\s*\]|\(\s*dot\s*\)|\{\s*dot\s*\}|\bdot\b|닷|점)\s*"
+DIGIT_RUN = r"[0-9]{6,}"
 
 UNIQUE_MIN_ROWS = 100
 UNIQUE_RATIO = 0.9
@@ -92,6 +114,17 @@ class KnownIdentifiers:
     sources: Mapping[str, str] = field(default_factory=dict)
     """``table.column`` -> kind, for the report."""
 
+    @cached_property
+    def digits(self) -> pl.Series:
+        """The digits of every raw identifier of 6 or more digits, computed once per ingest."""
+        digits = self.values.str.replace_all(r"[^0-9]", "")
+        return digits.filter(digits.str.len_chars() >= 6).unique()
+
+    @cached_property
+    def name_set(self) -> frozenset[str]:
+        names = {n for n in self.names.to_list() if n}
+        return frozenset(names | {n.replace(" ", "") for n in names})
+
 
 def shape(value: object) -> str:
     """'900101-1234567' -> '######-#######', '김민준' -> '가가가': what a value looks like, not what it is."""
@@ -127,7 +160,16 @@ def scan_outputs(outputs: Mapping[str, tuple[Path, TableSpec]], known: KnownIden
             if column not in pseudo:
                 findings += _shape_findings(name, column, values, rows)
         integers = [c for c, d in schema.items() if d.is_integer()]
+        floats = [c for c, d in schema.items() if d.is_float()]
         findings += _integer_findings(lf, name, integers)
+        findings += _integer_findings(
+            lf.with_columns(
+                pl.when(pl.col(c) == pl.col(c).round(0)).then(pl.col(c)).cast(pl.Int64, strict=False)
+                for c in floats
+            ),
+            name,
+            floats,
+        )
         findings += _id_findings(lf, name, [c for c in integers if c not in pseudo], rows)
     if texts:
         findings += _text_findings(pl.concat(texts), known)
@@ -161,20 +203,70 @@ def _grouped(hits: pl.DataFrame, detector: str, detail: str = "") -> list[Findin
     return out
 
 
+def _normalized(texts: pl.DataFrame) -> pl.DataFrame:
+    """Adds ``n`` (normalized text), ``d`` (its digit skeleton) and ``e`` (e-mail words rewritten)."""
+    from ingest.normalize import text
+
+    n = text(pl.col("v"))
+    return texts.with_columns(n.alias("n")).with_columns(
+        pl.col("n").str.replace_all(_SEPARATED, "${1}").alias("d"),
+        pl.col("n").str.replace_all(_AT, "@").str.replace_all(_DOT, ".").alias("e"),
+    )
+
+
+def flag_values(values: pl.Series, known: KnownIdentifiers) -> pl.Series:
+    """True for each text value any text detector would flag: used to keep such values out of a learned
+    categorical set (a phone number shared by 12 persons is still a phone number)."""
+    texts = pl.DataFrame({"t": "", "c": "", "v": values.cast(pl.String)}, schema=_TEXT_SCHEMA)
+    flagged: set[str] = set()
+    # Few values against many known names: look each value's substrings up, rather than build an
+    # automaton of every name (the shapes and digit detectors run as usual).
+    for finding_rows in _text_hits(texts, KnownIdentifiers(values=known.values)).values():
+        flagged |= set(finding_rows["v"].to_list())
+    lengths = {len(n) for n in known.name_set}
+    for v in values.drop_nulls().cast(pl.String).to_list():
+        squeezed = "".join(v.split())
+        for text in (v, squeezed):
+            if any(text[i : i + n] in known.name_set for n in lengths for i in range(len(text) - n + 1)):
+                flagged.add(v)
+    return values.cast(pl.String).is_in(pl.Series(sorted(flagged), dtype=pl.String).implode())
+
+
 def _text_findings(texts: pl.DataFrame, known: KnownIdentifiers) -> list[Finding]:
-    v = pl.col("v")
-    out = _grouped(texts.filter(rrn_mask(texts["v"])), "rrn")
-    out += _grouped(texts.filter(v.str.contains(PHONE)), "phone")
-    out += _grouped(texts.filter(v.str.contains(EMAIL)), "email")
-    if len(known.names):
-        out += _grouped(texts.filter(v.str.contains_any(known.names.to_list())), "name")
-    if len(known.values):
-        out += _grouped(
-            texts.filter(v.is_in(known.values.implode())),
-            "raw_value",
-            "raw identifier value from a dropped column",
-        )
+    out: list[Finding] = []
+    for detector, hits in _text_hits(texts, known).items():
+        detail = "raw identifier value from a dropped column" if detector == "raw_value" else ""
+        out += _grouped(hits, detector, detail)
     return out
+
+
+def _text_hits(texts: pl.DataFrame, known: KnownIdentifiers) -> dict[str, pl.DataFrame]:
+    """Detector -> the rows (t, c, v) it flags."""
+    texts = _normalized(texts)
+    d, e, n = pl.col("d"), pl.col("e"), pl.col("n")
+    base = ["t", "c", "v"]
+    out = {
+        "rrn": texts.filter(rrn_mask(texts["n"]) | rrn_mask(texts["d"])).select(base),
+        "phone": texts.filter(n.str.contains(PHONE) | d.str.contains(PHONE)).select(base),
+        "email": texts.filter(n.str.contains(EMAIL) | e.str.contains(EMAIL)).select(base),
+        "dob": texts.filter(n.str.contains(DOB)).select(base),
+        "mrn": texts.filter(n.str.contains(MRN)).select(base),
+    }
+    if len(known.names):
+        names = known.names.to_list()
+        squeezed = n.str.replace_all(r"\s+", "")
+        spaced = [name for name in {x.replace(" ", "") for x in names} if len(name) >= 2]
+        out["name"] = texts.filter(n.str.contains_any(names) | squeezed.str.contains_any(spaced)).select(base)
+    if len(known.values):
+        digits = known.digits
+        runs = texts.select(pl.col("v"), d.str.extract_all(DIGIT_RUN).alias("r")).explode("r")
+        hit_runs = runs.filter(pl.col("r").is_in(digits.implode()))["v"].unique()
+        out["raw_value"] = texts.filter(
+            pl.col("v").is_in(known.values.implode())
+            | n.is_in(known.values.implode())
+            | pl.col("v").is_in(hit_runs.implode())
+        ).select(base)
+    return {k: v for k, v in out.items() if v.height}
 
 
 def rrn_mask(values: pl.Series) -> pl.Series:

@@ -97,7 +97,8 @@ def enforce(
     keys = persons.select(qi).unique().with_row_index(CLASS)
     # nulls_equal: a missing quasi-identifier is a value like any other, and its holders form one class.
     classes = persons.select(person_column, *qi).join(keys, on=qi, how="left", nulls_equal=True)
-    sizes = classes.group_by(CLASS).agg(pl.len().alias(SIZE))
+    # A class's size is its number of distinct persons, not rows: five copies of one person are one person.
+    sizes = classes.group_by(CLASS).agg(pl.col(person_column).n_unique().alias(SIZE))
     failing = sizes.filter(pl.col(SIZE) < k).select(CLASS)
     diversity = _diversity(classes, person_column, sensitive or {})
     if l is not None:
@@ -110,8 +111,8 @@ def enforce(
         k_required=k,
         l_required=l,
         quasi_identifiers=tuple(qi),
-        records=persons.height,
-        suppressed=persons.height - kept.height,
+        records=persons[person_column].n_unique(),
+        suppressed=persons[person_column].n_unique() - kept[person_column].n_unique(),
         k_before=_min(sizes[SIZE]),
         k_achieved=_min(kept_classes[SIZE]),
         classes_before=sizes.height,
@@ -123,7 +124,7 @@ def enforce(
             for name, frame in diversity.items()
         },
     )
-    return kept[person_column], report
+    return kept[person_column].unique(maintain_order=True), report
 
 
 def _diversity(classes: pl.DataFrame, person_column: str, sensitive: Mapping[str, pl.DataFrame]) -> dict:

@@ -77,6 +77,14 @@ class Preset:
             return None
         return next((kind for kind in self.kinds if kind.matches(column)), None)
 
+    def default_allow(self, column: str) -> Mapping[str, Any] | None:
+        """The preset's ``allow:`` for a kept column the spec declares nothing for (``*_concept_id``: an
+        OMOP concept id is an integer)."""
+        for pattern, allow in (self.defaults.get("allow") or {}).items():
+            if fnmatch.fnmatchcase(column.lower(), pattern):
+                return allow
+        return None
+
     def kind(self, name: str) -> Kind | None:
         return next((kind for kind in self.kinds if kind.name == name), None)
 

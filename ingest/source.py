@@ -47,8 +47,15 @@ class SourceTable:
                 try_parse_dates=True,
                 schema_overrides=dict(self.overrides),
             )
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            raise SourceError(f"{self.path}: table {self.name}: cannot read: {redact(str(exc))}") from None
+        except OSError as exc:
+            raise SourceError(f"{self.path}: table {self.name}: cannot read: {exc.strerror}") from None
+        except pl.exceptions.PolarsError as exc:
+            # Parser messages quote the offending cell; only its kind goes out (ingest.checks has rows).
+            raise SourceError(
+                f"{self.path}: table {self.name}: cannot parse as CSV ({type(exc).__name__}): a value does not "
+                f"fit the column type inferred from the first {CSV_INFER_ROWS} rows, or the quoting or column "
+                "count is broken; the value is not shown"
+            ) from None
 
     @cached_property
     def schema(self) -> Mapping[str, pl.DataType]:
@@ -130,8 +137,11 @@ def _open(t: TableSpec, path: Path, problems: list[str]) -> SourceTable | None:
             columns = tuple(pl.scan_parquet(path).collect_schema())
         else:
             columns = tuple(pl.read_csv(path, n_rows=0).columns)
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        problems.append(f"{path}: table {t.name}: cannot read: {redact(str(exc))}")
+    except OSError as exc:
+        problems.append(f"{path}: table {t.name}: cannot read: {exc.strerror}")
+        return None
+    except pl.exceptions.PolarsError as exc:
+        problems.append(f"{path}: table {t.name}: cannot read its header ({type(exc).__name__})")
         return None
     overrides = {
         c: pl.String for c in columns if fmt == "csv" and c in t.columns and t.columns[c].label in _AS_TEXT

@@ -23,6 +23,8 @@ import jsonschema
 import yaml
 
 from hub.paths import REPO_ROOT
+from ingest import allowlist
+from ingest.allowlist import Allow
 from ingest.errors import SpecError
 from ingest.preset import DIRECT_IDENTIFIER_KINDS, Preset, SensitiveCheck, load_preset
 
@@ -51,6 +53,10 @@ class ColumnRule:
     method: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     waiver: Waiver | None = None
+    allow: Allow | None = None
+    """What a kept column may hold (ingest.allowlist); required for every ``keep``."""
+    optional: bool = False
+    """The source may lack this column; any other column the spec names must be there."""
 
     @property
     def label(self) -> str:
@@ -83,6 +89,54 @@ class KAnonymitySpec:
 
 
 @dataclass(frozen=True)
+class ProjectView:
+    """Per-project minimization and coarsening (``projects.<id>`` in the spec): only the tables, columns,
+    records and persons the project's approval covers, at the coarseness it needs. Both cut what a project
+    can link to another project's data through clinical content, which per-project keys cannot prevent."""
+
+    project: str
+    tables: tuple[str, ...] | None = None
+    drop_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    cohort: tuple[str, str, tuple[str, ...]] | None = None
+    """(table, code column, code prefixes): persons with at least one such record."""
+    records: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    """table -> (code column, prefixes): only those records of the table are published."""
+    dates: str = "day"
+    """day, week or month: shifted dates are floored to the start of the week or month."""
+    numbers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """``table.column`` -> {round: step} or {bins: [edges]}."""
+    rare_codes: Mapping[str, int] = field(default_factory=dict)
+    """``table.column`` -> min persons: rarer codes are published as ``OTHER``."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tables": list(self.tables) if self.tables is not None else "all",
+            "drop_columns": {t: list(c) for t, c in self.drop_columns.items()},
+            "cohort": (
+                {"table": self.cohort[0], "column": self.cohort[1], "prefixes": list(self.cohort[2])}
+                if self.cohort
+                else None
+            ),
+            "records": {t: {"column": c, "prefixes": list(p)} for t, (c, p) in self.records.items()},
+            "dates": self.dates,
+            "numbers": dict(self.numbers),
+            "rare_codes": dict(self.rare_codes),
+        }
+
+
+FULL_VIEW = ProjectView(project="*")
+
+RISK_CANDIDATES = {
+    "provider": "provider ids (pseudonymized, but equal for equal providers)",
+    "care_site": "care site ids",
+    "conditions": "each person's set of condition codes",
+    "visit_gaps": "each person's sequence of gaps between visits",
+    "lab_sequence": "each person's sequence of lab codes and values",
+}
+"""Columns and patterns the data may carry that act as quasi-identifiers without being declared ones."""
+
+
+@dataclass(frozen=True)
 class Declaration:
     category: str
     basis: str
@@ -107,11 +161,35 @@ class DatasetSpec:
     tables: Mapping[str, TableSpec]
     sha256: str
     """Hash of the spec, the preset it uses and the names files: the manifest's ``spec.sha256``."""
+    duplicates: str = "refuse"
+    """Several person-table rows with one person id: ``refuse``, or ``merge`` identical ones (reported)."""
+    risk_accepted: Mapping[str, str] = field(default_factory=dict)
+    """Candidate quasi-identifier -> why the spec publishes it without k over it (RISK_CANDIDATES)."""
+    projects: Mapping[str, ProjectView] = field(default_factory=dict)
+    linkage_max_share: float | None = None
+    """Refuse a project whose measured one-to-one linkage share to another declared project exceeds this."""
+    view: ProjectView = FULL_VIEW
+    all_tables: Mapping[str, TableSpec] = field(default_factory=dict)
+    """Every table of the spec, before a project's view removed some (the cohort may need them)."""
 
     @property
     def person_domain(self) -> str:
         rule = self.tables[self.person_table].columns[self.person_column]
         return rule.domain or self.person_column
+
+    def for_project(self, project: str) -> DatasetSpec:
+        """This spec as ``project`` sees it: its view's tables, columns and coarsening. A spec that declares
+        projects refuses any other project (it would get everything, unmeasured against the others)."""
+        if not self.projects:
+            return self
+        view = self.projects.get(project)
+        if view is None:
+            raise SpecError(
+                f"{self.path}: projects: '{project}' is not declared; this spec declares "
+                f"{', '.join(sorted(self.projects))}. Add projects.{project} with the tables, columns and "
+                "cohort its approval covers."
+            )
+        return apply_view(self, view)
 
     def with_min_k(self, k: int | None) -> DatasetSpec:
         """The stricter of the spec's k and a project's k (our choice: a project can only raise k)."""
@@ -158,6 +236,8 @@ def load_spec(path: Path | str, *, today: dt.date | None = None) -> DatasetSpec:
         problems += _preset_problems(spec, spec.preset)
     if problems:
         raise SpecError([f"{path}: {p}" for p in problems])
+    for view in spec.projects.values():
+        apply_view(spec, view)  # each project's view must be a valid spec too
     return spec
 
 
@@ -180,10 +260,11 @@ def _resolve(doc: Mapping[str, Any], path: Path, this_year: int) -> DatasetSpec:
     shift = {**defaults.get("date_shift", {}), **doc.get("date_shift", {})}
     person = doc.get("person", {})
     person_table, person_column = person.get("table", "person"), person.get("column", "person_id")
-    tables = {name: _table(name, t, person_column, preset, gen) for name, t in doc["tables"].items()}
+    tables = {name: _table(name, t, person_column, preset, gen, path) for name, t in doc["tables"].items()}
     names_files = tuple((path.parent / f).resolve() for f in doc.get("detector", {}).get("names_files", ()))
     sensitive = doc.get("sensitive_conditions", {})
     checks = sensitive.get("checks")
+    projects = {p: _view(p, v) for p, v in (doc.get("projects") or {}).items()}
     return DatasetSpec(
         path=path,
         dataset=doc["dataset"],
@@ -205,8 +286,85 @@ def _resolve(doc: Mapping[str, Any], path: Path, this_year: int) -> DatasetSpec:
             else (preset.checks if preset else ())
         ),
         tables=tables,
-        sha256=_spec_hash(doc, preset, names_files),
+        sha256=_spec_hash(doc, preset, names_files, tables),
+        duplicates=person.get("duplicates", "refuse"),
+        risk_accepted=dict((doc.get("risk") or {}).get("accepted", {})),
+        projects=projects,
+        linkage_max_share=(doc.get("linkage") or {}).get("max_share"),
+        all_tables=tables,
     )
+
+
+def _view(project: str, doc: Mapping[str, Any]) -> ProjectView:
+    coarsen = doc.get("coarsen", {})
+    cohort = doc.get("cohort")
+    return ProjectView(
+        project=project,
+        tables=tuple(doc["tables"]) if "tables" in doc else None,
+        drop_columns={t: tuple(c) for t, c in doc.get("drop_columns", {}).items()},
+        cohort=(cohort["table"], cohort["column"], tuple(map(str, cohort["prefixes"]))) if cohort else None,
+        records={t: (r["column"], tuple(map(str, r["prefixes"]))) for t, r in doc.get("records", {}).items()},
+        dates=coarsen.get("dates", "day"),
+        numbers=dict(coarsen.get("numbers", {})),
+        rare_codes={c: int(v["min_persons"]) for c, v in coarsen.get("rare_codes", {}).items()},
+    )
+
+
+def apply_view(spec: DatasetSpec, view: ProjectView) -> DatasetSpec:
+    """The spec minimized to one project's view; the view is checked like the spec itself."""
+    problems = _view_problems(spec, view)
+    if problems:
+        raise SpecError([f"{spec.path}: projects.{view.project}: {p}" for p in problems])
+    tables = {}
+    for name, t in spec.tables.items():
+        if view.tables is not None and name not in view.tables:
+            continue
+        dropped = set(view.drop_columns.get(name, ()))
+        columns = {
+            c: (replace(r, transform="drop", method=None, params={}, allow=None) if c in dropped else r)
+            for c, r in t.columns.items()
+        }
+        tables[name] = replace(t, columns=columns)
+    k = spec.k_anonymity
+    if k is not None:
+        # A sensitive attribute in a table the project does not get is not disclosed to it: nothing to diversify.
+        published = tuple(
+            a
+            for a in k.sensitive_attributes
+            if (a.rpartition(".")[0] or spec.person_table) in tables
+            and a.rpartition(".")[2] in tables[a.rpartition(".")[0] or spec.person_table].output_columns()
+        )
+        k = replace(k, sensitive_attributes=published)
+    viewed = replace(spec, tables=tables, view=view, k_anonymity=k)
+    problems = _spec_problems(viewed)
+    if problems:
+        raise SpecError([f"{spec.path}: projects.{view.project}: {p}" for p in problems])
+    return viewed
+
+
+def _view_problems(spec: DatasetSpec, view: ProjectView) -> list[str]:
+    problems = []
+    names = set(spec.tables)
+    for t in view.tables or ():
+        if t not in names:
+            problems.append(f"tables: '{t}' is not a table of the spec")
+    if view.tables is not None and spec.person_table not in view.tables:
+        problems.append(f"tables: the person table '{spec.person_table}' must be published")
+    published = set(view.tables if view.tables is not None else names)
+    for t, cols in view.drop_columns.items():
+        for c in cols:
+            if t not in names or c not in spec.tables[t].columns:
+                problems.append(f"drop_columns.{t}: '{c}' is not a column of the spec")
+    located = [("cohort", view.cohort[0], view.cohort[1])] if view.cohort else []
+    located += [(f"records.{t}", t, c) for t, (c, _) in view.records.items()]
+    for at, t, c in located:
+        if t not in published or c not in spec.tables[t].columns:
+            problems.append(f"{at}: '{t}.{c}' is not a column of a table this project gets")
+    for ref in [*view.numbers, *view.rare_codes]:
+        t, _, c = ref.partition(".")
+        if t not in published or c not in spec.tables[t].columns:
+            problems.append(f"coarsen: '{ref}' is not a column (table.column) of a table this project gets")
+    return problems
 
 
 def _k_anonymity(
@@ -223,8 +381,13 @@ def _k_anonymity(
     )
 
 
-def _table(name: str, doc: Mapping[str, Any], person_column: str, preset: Preset | None, gen) -> TableSpec:
-    columns = {col: _rule(col, r, preset, gen) for col, r in doc["columns"].items()}
+def _table(
+    name: str, doc: Mapping[str, Any], person_column: str, preset: Preset | None, gen, path: Path
+) -> TableSpec:
+    columns = {
+        col: _rule(col, r, preset, gen, path, f"tables.{name}.columns.{col}")
+        for col, r in doc["columns"].items()
+    }
     default_person = person_column if person_column in columns else None
     return TableSpec(
         name=name,
@@ -236,7 +399,12 @@ def _table(name: str, doc: Mapping[str, Any], person_column: str, preset: Preset
 
 
 def _rule(
-    column: str, doc: str | Mapping[str, Any], preset: Preset | None, gen: Mapping[str, Any]
+    column: str,
+    doc: str | Mapping[str, Any],
+    preset: Preset | None,
+    gen: Mapping[str, Any],
+    path: Path,
+    at: str,
 ) -> ColumnRule:
     if isinstance(doc, str):
         doc = {"transform": doc}
@@ -257,9 +425,18 @@ def _rule(
         params.setdefault("top_code", gen.get("top_code_age"))
     elif method == "region":
         params.setdefault("level", gen.get("region_level", DEFAULT_REGION_LEVEL))
+    allow_doc = doc.get("allow")
+    if allow_doc is None and doc["transform"] == "keep" and preset is not None:
+        allow_doc = preset.default_allow(column)
+    try:
+        allow = allowlist.parse(allow_doc, path.parent, f"{path}: {at}") if allow_doc else None
+    except SpecError as exc:
+        raise SpecError(exc.problems) from None
     return ColumnRule(
         column=column,
         transform=doc["transform"],
+        allow=allow,
+        optional=bool(doc.get("optional", False)),
         kind=None if kind == "none" else kind,
         domain=(doc.get("domain") or column) if doc["transform"] == "pseudonymize" else None,
         method=method,
@@ -268,14 +445,30 @@ def _rule(
     )
 
 
-def _spec_hash(doc: Mapping[str, Any], preset: Preset | None, names_files: tuple[Path, ...]) -> str:
+def _spec_hash(
+    doc: Mapping[str, Any],
+    preset: Preset | None,
+    names_files: tuple[Path, ...],
+    tables: Mapping[str, TableSpec],
+) -> str:
     names: dict[str, str | None] = {}
     for f in names_files:
         try:
             names[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
         except OSError:
             names[f.name] = None  # reported as a problem by _spec_problems
-    canonical = {"spec": doc, "preset": preset.document if preset else None, "names_files": names}
+    codes = {
+        f"{t.name}.{c}": hashlib.sha256("\n".join(sorted(r.allow.codes)).encode()).hexdigest()
+        for t in tables.values()
+        for c, r in t.columns.items()
+        if r.allow is not None and r.allow.kind == "codes_file"
+    }
+    canonical = {
+        "spec": doc,
+        "preset": preset.document if preset else None,
+        "names_files": names,
+        "codes_files": codes,
+    }
     blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -295,6 +488,7 @@ def _spec_problems(spec: DatasetSpec) -> list[str]:
     for t in spec.tables.values():
         problems += _table_problems(spec, t)
     problems += _k_problems(spec)
+    problems += _candidate_problems(spec)
     for f in spec.names_files:
         if not f.is_file():
             problems.append(f"detector.names_files: {f}: no such file")
@@ -316,6 +510,12 @@ def _table_problems(spec: DatasetSpec, t: TableSpec) -> list[str]:
             problems.append(
                 f"{at}.columns.{t.person_column}: the person column must be pseudonymize in domain "
                 f"'{spec.person_domain}', like {spec.person_table}.{spec.person_column}"
+            )
+    for c, r in t.columns.items():
+        if r.transform == "keep" and r.allow is None:
+            problems.append(
+                f"{at}.columns.{c}: a kept column must declare what it may hold (allow: codes, codes_file, "
+                "pattern, regex, categorical, integer or number), or be dropped"
             )
     if shifted and spec.max_shift_days is None:
         problems.append(f"{at}: date_shift needs date_shift.max_days (or a preset that sets it)")
@@ -350,6 +550,49 @@ def _k_problems(spec: DatasetSpec) -> list[str]:
             problems.append(f"k_anonymity.sensitive_attributes[{i}]: '{sa}' is not an output column")
         elif other.person_column is None:
             problems.append(f"k_anonymity.sensitive_attributes[{i}]: table '{tname}' has no person column")
+    return problems
+
+
+def risk_candidates(spec: DatasetSpec) -> dict[str, list[str]]:
+    """Candidate quasi-identifiers the published data carries: name -> where (``table.column``)."""
+    found: dict[str, list[str]] = {}
+    for t in spec.tables.values():
+        if t.person_column is None:
+            continue
+        outputs = set(t.output_columns())
+        for c in outputs:
+            low = c.lower()
+            if low.endswith("provider_id"):
+                found.setdefault("provider", []).append(f"{t.name}.{c}")
+            elif low.endswith("care_site_id"):
+                found.setdefault("care_site", []).append(f"{t.name}.{c}")
+        if t.name == "condition_occurrence" and outputs & {"condition_concept_id", "condition_source_value"}:
+            found.setdefault("conditions", []).append(t.name)
+        if t.name == "visit_occurrence" and "visit_start_date" in outputs:
+            found.setdefault("visit_gaps", []).append(f"{t.name}.visit_start_date")
+        if t.name == "measurement" and outputs & {"measurement_concept_id", "measurement_source_value"}:
+            found.setdefault("lab_sequence", []).append(t.name)
+    return found
+
+
+def _candidate_problems(spec: DatasetSpec) -> list[str]:
+    """Each candidate the data carries is a declared quasi-identifier or is left out with a reason."""
+    declared = set(spec.k_anonymity.quasi_identifiers) if spec.k_anonymity else set()
+    problems = []
+    for name, where in sorted(risk_candidates(spec).items()):
+        if name in spec.risk_accepted:
+            continue
+        person_cols = {w.partition(".")[2] for w in where if w.startswith(f"{spec.person_table}.")}
+        if person_cols and person_cols <= declared and len(person_cols) == len(where):
+            continue
+        problems.append(
+            f"risk.accepted.{name}: the published data carries {RISK_CANDIDATES[name]} ({', '.join(where)}), "
+            "which can act as a quasi-identifier; add it to k_anonymity.quasi_identifiers, drop it, or justify "
+            f"publishing it (risk: {{accepted: {{{name}: <reason>}}}})"
+        )
+    for name in spec.risk_accepted:
+        if name not in RISK_CANDIDATES:
+            problems.append(f"risk.accepted.{name}: not a candidate ({', '.join(RISK_CANDIDATES)})")
     return problems
 
 

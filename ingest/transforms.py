@@ -6,25 +6,44 @@ here. Each function takes the column's source dtype, because a CSV gives text wh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import polars as pl
 
+from ingest import normalize
 from ingest.spec import ColumnRule
 
 OFFSET = "__offset_days"
 """Name of the per-row day-offset column the pipeline joins in from the person domain."""
 
-_DIGITS = r"^\d+$"
-_REGION_DIGITS = {"sido": 2, "sigungu": 5}
-"""Korean administrative codes: 시도 is the first 2 digits, 시군구 the first 5 (행정표준코드)."""
-_REGION_WORDS = {"sido": 1, "sigungu": 2}
-"""Korean addresses by name: '서울특별시 강남구 ...' -> 시도 is the first word, 시군구 the first two."""
+
+DATE_FORMATS = (
+    "%Y-%m-%d",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y/%m/%d",
+    "%Y%m%d",
+)
+"""Date text formats a source may use. Each is tried in turn, so one bad cell cannot change how the
+others parse (polars infers a single format from the first value otherwise)."""
+
+
+def parse_dates(text: pl.Expr) -> pl.Expr:
+    """Text to datetime by the first format that fits; null where none does (ingest.checks refuses those
+    rows, by row number, before anything is transformed)."""
+    return pl.coalesce([text.str.to_datetime(f, strict=False) for f in DATE_FORMATS])
 
 
 def as_temporal(name: str, dtype: pl.DataType) -> pl.Expr:
-    """A date or datetime column; text is parsed strictly (a bad value fails the ingest, naming the column)."""
+    """A date or datetime column; text is normalized first (full-width digits, odd dashes, spaces)."""
     col = pl.col(name)
     if dtype == pl.String:
-        return col.str.to_datetime(strict=True)
+        from ingest.normalize import text
+
+        return parse_dates(text(col))
     return col
 
 
@@ -49,15 +68,18 @@ def generalize(rule: ColumnRule, dtype: pl.DataType, reference_year: int) -> pl.
         top = p["top_code"]
         return pl.when(col > top).then(pl.lit(top).cast(dtype)).otherwise(col).alias(rule.column)
     if method == "region":
-        return _region(col.cast(pl.String), p["level"]).alias(rule.column)
+        return normalize.region(rule.column, dtype, p["level"]).alias(rule.column)
     if method == "truncate":
-        return col.cast(pl.String).str.slice(0, p["keep"]).alias(rule.column)
+        return normalize.postcode(rule.column, dtype, p["keep"]).alias(rule.column)
     raise ValueError(f"unknown generalization {method!r}")
 
 
 def _year(name: str, dtype: pl.DataType) -> pl.Expr:
     if dtype.is_integer():
         return pl.col(name).cast(pl.Int32)
+    if dtype == pl.String:  # a date, or a bare year written as text ('1963', '1963.0')
+        year = normalize.code(pl.col(name)).cast(pl.Int32, strict=False)
+        return pl.coalesce(as_temporal(name, dtype).dt.year().cast(pl.Int32), year)
     return as_temporal(name, dtype).dt.year().cast(pl.Int32)
 
 
@@ -81,7 +103,21 @@ def _age_band(age: pl.Expr, width: int, top: int | None) -> pl.Expr:
     return pl.when(age >= top).then(pl.lit(f"{top}+")).otherwise(label)
 
 
-def _region(text: pl.Expr, level: str) -> pl.Expr:
-    code = text.str.slice(0, _REGION_DIGITS[level])
-    words = text.str.split(" ").list.head(_REGION_WORDS[level]).list.join(" ")
-    return pl.when(text.str.contains(_DIGITS)).then(code).otherwise(words)
+def coarsen_date(expr: pl.Expr, unit: str) -> pl.Expr:
+    """A shifted date floored to the start of its week or month (per-project coarsening)."""
+    if unit == "day":
+        return expr
+    return expr.dt.truncate("1w" if unit == "week" else "1mo")
+
+
+def coarsen_number(expr: pl.Expr, how: Mapping[str, Any]) -> pl.Expr:
+    """Rounded to a multiple of ``round``, or floored to the lower edge of its bin (below the first edge:
+    the first edge)."""
+    if "round" in how:
+        step = float(how["round"])
+        return ((expr / step).round(0) * step).cast(pl.Float64)
+    edges = sorted(float(e) for e in how["bins"])
+    out = pl.lit(edges[0], pl.Float64)
+    for edge in edges[1:]:
+        out = pl.when(expr >= edge).then(pl.lit(edge, pl.Float64)).otherwise(out)
+    return pl.when(expr.is_null()).then(pl.lit(None, pl.Float64)).otherwise(out)

@@ -23,6 +23,7 @@ import docker
 import requests
 import yaml
 
+from hub import internal_tls
 from hub.dataset_images import release_dataset_filesystems
 from hub.workspace import release_workspaces
 
@@ -227,10 +228,11 @@ class Hub:
     def start_proxy(self) -> None:
         token = (self.state / "secrets" / "proxy_auth_token").read_text()
         log = open(self.state / "logs" / "proxy.log", "ab")  # noqa: SIM115 -- the proxy process keeps it
+        internal_tls.ensure_authorities(self.state)  # TLS inside: the proxy starts before the hub makes them
         self.procs["proxy"] = subprocess.Popen(
             [CHP, "--ip", "127.0.0.1", "--port", str(self.public_port), "--api-ip", "127.0.0.1",
-             "--api-port", str(self.api_port), "--error-target", f"http://127.0.0.1:{self.hub_internal_port}/hub/error",
-             "--log-level", "warn"],
+             "--api-port", str(self.api_port), "--error-target", f"https://127.0.0.1:{self.hub_internal_port}/hub/error",
+             "--log-level", "warn", *internal_tls.proxy_args(self.state)],
             env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -891,8 +891,12 @@ def test_server_token_is_minimal_from_inside_the_container(enclave):
     results = probe(
         container,
         f"""
-import urllib.request, urllib.error
+import ssl, urllib.request, urllib.error
 api, token = os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]
+# TLS inside: the gate asks for the server's certificate, which code in the container can read too.
+ctx = ssl.create_default_context(cafile=os.environ["JUPYTERHUB_SSL_CLIENT_CA"])
+ctx.load_cert_chain(os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERHUB_SSL_KEYFILE"])
+urllib.request.install_opener(urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx)))
 res = []
 for method, path, body, _, _ in {HUB_API_ATTACKS!r}:
     req = urllib.request.Request(api + path, method=method, headers={{"Authorization": "token " + token}},

@@ -40,7 +40,8 @@ def test_each_project_reads_its_own_pseudonyms(hub, both):
         assert seen[project]["project"] == project
         assert not {"person_source_value", "name", "rrn", "phone"} & set(seen[project]["columns"])
     cardio, oncology = set(seen["demo-cardio"]["ids"]), set(seen["demo-oncology"]["ids"])
-    assert len(cardio) > 100 and len(oncology) > 100
+    # demo-cardio's view is a cohort (persons with an I-code, then k = 5): fewer persons than oncology's.
+    assert len(cardio) > 50 and len(oncology) > 100
     assert not cardio & oncology, "the same people must not share pseudonyms across projects"
 
 

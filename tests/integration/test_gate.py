@@ -25,7 +25,16 @@ pytestmark = pytest.mark.integration
 CARDIO = "demo-cardio"
 WINDOW = 5  # seconds: the refusal aggregation window of this module's hub
 
-CALL = """
+# TLS inside: the gate is https://enclave-hub:<port> and asks for a notebook server's certificate. Code in the
+# container has everything the server has (docker exec inherits JUPYTERHUB_SSL_*), so the attacks below use it.
+HUB_TLS = """
+import os, ssl, urllib.request
+_ctx = ssl.create_default_context(cafile=os.environ["JUPYTERHUB_SSL_CLIENT_CA"])
+_ctx.load_cert_chain(os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERHUB_SSL_KEYFILE"])
+urllib.request.install_opener(urllib.request.build_opener(urllib.request.HTTPSHandler(context=_ctx)))
+"""
+
+CALL = HUB_TLS + """
 import json, os, urllib.request
 gw = os.environ["JUPYTERHUB_API_URL"].split("/hub/api")[0]
 def call(method, path, body=None, token=True, form=False):
@@ -58,7 +67,7 @@ print(json.dumps({
 
 # A bounded flood: THREADS threads, each sending requests for SECONDS as fast as the gate answers (more
 # threads than the gate holds back per source, so most 429s come at once).
-FLOOD = """
+FLOOD = HUB_TLS + """
 import json, os, sys, threading, time, urllib.request, urllib.error, collections
 gw = os.environ["JUPYTERHUB_API_URL"].split("/hub/api")[0]
 token = os.environ["JUPYTERHUB_API_TOKEN"]
@@ -209,7 +218,7 @@ def test_a_gate_flood_is_throttled_counted_and_does_not_slow_others(gate_hub):
 
 # ---- activity ----------------------------------------------------------------------------------------
 
-ACTIVITY = """
+ACTIVITY = HUB_TLS + """
 import json, os, sys, urllib.request, urllib.error
 gw = os.environ["JUPYTERHUB_API_URL"].split("/hub/api")[0]
 req = urllib.request.Request(gw + "/hub/api/users/alice/activity", data=sys.argv[1].encode(), method="POST",
@@ -362,7 +371,7 @@ def test_forms_without_xsrf_are_on_the_trail(gate_hub):
 
 PROBES = """
 import os, socket, sys
-gw = os.environ["JUPYTERHUB_API_URL"].split("//")[1].split(":")[0]
+gw = socket.gethostbyname(os.environ["JUPYTERHUB_API_URL"].split("//")[1].split(":")[0])
 for host, port in ((gw, 22), (gw, 2375), ("192.0.2.1", 80)):
     for _ in range(3):
         s = socket.socket()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import docker
 import pytest
 import requests
 
+from hub import internal_tls
 from hub.security_profile import LXCFS_FILES
 from tests.harness import HubClient, ProcessExited, docker_exec, py_exec
 
@@ -67,7 +69,12 @@ def test_spawned_container_matches_the_contract(hub, alice_server):
     assert mounts["/workspace"]["Source"] == str(hub.state / "workspaces/demo-cardio")
     lxcfs = {target for _, target in LXCFS_FILES}  # lxcfs's per-container /proc views, read-only
     assert all(mounts[t]["RW"] is False and mounts[t]["Source"].startswith("/var/lib/lxcfs/") for t in lxcfs)
-    assert set(mounts) == {"/data/synthetic-omop", "/workspace", *lxcfs}, "nothing else from the host is mounted"
+    # TLS inside: the server's own key, certificate and trust bundle, read-only; never an authority's key.
+    tls = mounts["/etc/enclave-tls"]
+    assert tls["RW"] is False and tls["Source"] == str(hub.state / "internal-tls/servers" / container.name)
+    assert sorted(p.name for p in Path(tls["Source"]).iterdir()) == ["ca.crt", "server.crt", "server.key"]
+    assert set(mounts) == {"/data/synthetic-omop", "/workspace", "/etc/enclave-tls", *lxcfs}, \
+        "nothing else from the host is mounted"
     assert docker_exec(container, "id -u")[1].strip() == "1000"
 
 
@@ -161,8 +168,12 @@ def test_hub_restart_keeps_running_servers_and_routes(fresh_hub):
     assert requests.get(through_proxy, headers={"Authorization": f"token {token}"}, timeout=10).status_code == 200
     assert {c.id for c in h.containers()} == before, "no orphaned or duplicated containers"
     proxy_token = (h.state / "secrets/proxy_auth_token").read_text()
-    routes = requests.get(f"http://127.0.0.1:{h.api_port}/api/routes",
-                          headers={"Authorization": f"token {proxy_token}"}, timeout=10).json()
+    # TLS inside: the proxy's API asks for a certificate of the enclave's authorities (the hub's here).
+    hub_pair = internal_tls.record_files(h.state, "hub-internal")
+    routes = requests.get(f"https://127.0.0.1:{h.api_port}/api/routes",
+                          headers={"Authorization": f"token {proxy_token}"}, timeout=10,
+                          cert=(str(hub_pair["cert"]), str(hub_pair["key"])),
+                          verify=str(internal_tls.record_files(h.state, "proxy-api-ca")["cert"])).json()
     assert routes["/user/alice/demo-cardio"]["server_name"] == "demo-cardio"
     alice = HubClient(h, "alice")
     alice.login()

@@ -108,7 +108,9 @@ def test_a_real_health_check_reports_the_jupyter_server_healthy(spawned):
     # CIS 5.26 (docker-bench 5.27): the engine itself probes the Jupyter server, and it answers.
     container, _ = spawned
     test = container.attrs["Config"]["Healthcheck"]["Test"]
-    assert test[:2] == ["CMD", "/opt/notebook/bin/python"] and "127.0.0.1:8888" in test[-1]
+    # TLS inside: the check makes a TLS handshake with the server on 127.0.0.1:8888 (it holds no client
+    # certificate the server would accept, so it cannot ask more than that).
+    assert test[:2] == ["CMD", "/opt/notebook/bin/python"] and "('127.0.0.1',8888)" in test[-1] and "ssl" in test[-1]
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         container.reload()
@@ -148,7 +150,7 @@ def test_doctor_finds_nothing_wrong_with_the_running_container(spawned):
     assert inspect_problems(spawned[0].attrs) == []
 
 
-def test_no_host_namespaces_devices_or_ports(hub, host_config):
+def test_no_host_namespaces_devices_or_ports(hub, spawned, host_config):
     assert host_config["NetworkMode"] == f"{hub.prefix}{PROJECT}"  # CIS 5.9: not host
     assert host_config["PidMode"] == ""  # CIS 5.15
     assert host_config["IpcMode"] == "private"  # CIS 5.16
@@ -158,7 +160,10 @@ def test_no_host_namespaces_devices_or_ports(hub, host_config):
     assert not host_config["Devices"] and not host_config["DeviceRequests"]  # CIS 5.17
     assert not host_config["DeviceCgroupRules"]
     assert not host_config["PortBindings"] and host_config["PublishAllPorts"] is False  # CIS 5.7, 5.8
-    assert not host_config["ExtraHosts"] and not host_config["Links"] and not host_config["VolumesFrom"]
+    # The one extra name: the gate, at this network's gateway (its TLS certificate is for that name).
+    gateway = spawned[1].attrs["IPAM"]["Config"][0]["Gateway"]
+    assert host_config["ExtraHosts"] == [f"enclave-hub:{gateway}"]
+    assert not host_config["Links"] and not host_config["VolumesFrom"]
     assert host_config["Runtime"] == "runc"
     assert host_config["Sysctls"] == {
         "net.ipv6.conf.all.disable_ipv6": "1",
@@ -170,15 +175,18 @@ def test_mounts_are_the_projects_data_read_only_and_its_workspace(hub, spawned, 
     container, _ = spawned
     data = mount_point(hub.state, PROJECT, "synthetic-omop", "1")  # the dataset's own read-only squashfs
     workspace = hub.state / "workspaces" / PROJECT
+    tls = hub.state / "internal-tls" / "servers" / container.name
     lxcfs = [(f"/var/lib/lxcfs/{source}", target, False) for source, target in LXCFS_FILES]
     assert host_config["Binds"] == [
         f"{data}:/data/synthetic-omop:ro",
         f"{workspace}:/workspace:rw",
+        f"{tls}:/etc/enclave-tls:ro",  # TLS inside: this server's own key and certificate
         *(f"{source}:{target}:ro" for source, target, _ in lxcfs),
     ]  # CIS 5.5
     assert sorted((m["Source"], m["Destination"], m["RW"]) for m in container.attrs["Mounts"]) == sorted([
         (str(data), "/data/synthetic-omop", False),
         (str(workspace), "/workspace", True),
+        (str(tls), "/etc/enclave-tls", False),
         *lxcfs,
     ])
     assert os.path.ismount(data) and "squashfs" in Path("/proc/mounts").read_text().split(f" {data} ")[1][:9]

@@ -116,7 +116,7 @@ def size_of(state: Path) -> int:
     [
         (
             {"action": "auth.lgoin"},
-            "'auth.lgoin' is not in audit vocabulary v1 (audit/vocabulary.py); did you mean auth.login",
+            "'auth.lgoin' is not in audit vocabulary v2 (audit/vocabulary.py); did you mean auth.login",
         ),
         ({"action": "auth.login", "outcome": "denied"}, "auth.login (denied): details.reason: required"),
         ({"action": "auth.login", "outcome": "maybe"}, "outcome: 'maybe' is not one of denied, error, ok"),

@@ -59,7 +59,8 @@ def tables() -> dict:
 
 def locked_down_attrs() -> dict:
     return {
-        "Config": {"User": "1000:1000", "Image": "enclave/notebook:0.1", "Healthcheck": {"Test": ["CMD", "true"]}},
+        "Config": {"User": "1000:1000", "Image": "enclave/notebook:0.1", "Healthcheck": {"Test": ["CMD", "true"]},
+                   "Env": ["JUPYTERHUB_SSL_KEYFILE=/etc/enclave-tls/server.key"]},
         "HostConfig": {
             "CapDrop": ["ALL"],
             "CapAdd": None,
@@ -320,6 +321,7 @@ def test_the_command_prints_one_line_per_check_and_exits_3_on_a_weakness(monkeyp
         ["OK", "oauth"],
         ["OK", "disk"],
         ["OK", "identity"],
+        ["OK", "tls"],
     ]
 
 
@@ -328,7 +330,7 @@ def test_the_command_exits_0_and_speaks_json(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(firewall, "listing", lambda: "# iptables ENCLAVE-INPUT\n-A ...")
     assert main(["--state-dir", str(tmp_path), "doctor", "--json", "--rules"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["ok"] is True and len(doc["checks"]) == 13 and doc["rules"].startswith("# iptables")
+    assert doc["ok"] is True and len(doc["checks"]) == 14 and doc["rules"].startswith("# iptables")
 
 
 def test_lxcfs_down_is_a_weakness_that_says_what_to_do():

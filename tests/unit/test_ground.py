@@ -72,7 +72,7 @@ def test_ground_imports_nothing_of_ours_but_itself() -> None:
         assert ours <= {"ground"}, f"{path.name} imports {ours - {'ground'}}"
 
 
-@pytest.mark.parametrize("module", [m for m in REGISTRARS if not m.startswith("ingest.")])
+@pytest.mark.parametrize("module", REGISTRARS)
 def test_no_concern_imports_the_command_line_back(module: str) -> None:
     path = ROOT / (module.replace(".", "/") + ".py")
     assert "hub.cli" not in imported_modules(path), (

@@ -278,3 +278,53 @@ def test_project_keys_differ_per_project_and_purpose():
     cardio, oncology = project_key(master, "demo-cardio"), project_key(master, "demo-oncology")
     assert cardio != oncology and cardio == project_key(master, "demo-cardio")
     assert purpose_key(cardio, "pseudonym/person_id") != purpose_key(cardio, "date-shift")
+
+
+# -- issue 20: normalization first, Korean dates of birth, labelled record numbers, floats ---------------
+
+EVASIVE = {
+    "rrn": [
+        "800101 1234567",
+        "800101.1234567",
+        "800101\u2013 1234567",
+        "８００１０１－１２３４５６７",
+        "800101\u200b-\u200b1234567",
+        "8 0 0 1 0 1 - 1 2 3 4 5 6 7",
+    ],
+    "phone": ["(02) 583-6318", "+82 (0)10-1234-5678", "０１０-１２３４-５６７８", "010.1234.5678"],
+    "email": ["hong123 at naver dot com", "hong123(at)naver[dot]com", "hong123＠naver.com"],
+    "dob": ["1963년 12월 4일", "63.12.04", "1963-12-04", "생년월일 확인"],
+    "mrn": ["MRN: 10000023", "등록번호 10000023", "chart no 4455667"],
+}
+
+
+@pytest.mark.parametrize(("detector", "text"), [(d, t) for d, ts in EVASIVE.items() for t in ts])
+def test_evasive_spellings_are_found_after_normalization(tmp_path, detector, text):
+    path = tmp_path / "t.parquet"
+    pl.DataFrame({"code": [text, "I10", "E11.9"]}).write_parquet(path)
+    table = TableSpec("t", None, False, None, {"code": ColumnRule("code", "keep")})
+    found = {f.detector for f in scan_outputs({"t": (path, table)}, KnownIdentifiers())}
+    assert detector in found, found
+
+
+def test_spaced_names_and_digits_of_raw_identifiers_are_found(tmp_path):
+    path = tmp_path / "t.parquet"
+    pl.DataFrame({"code": ["김 민준", "id 10000023 seen", "I10"]}).write_parquet(path)
+    table = TableSpec("t", None, False, None, {"code": ColumnRule("code", "keep")})
+    known = KnownIdentifiers(names=pl.Series(["김민준"]), values=pl.Series(["10000023"]))
+    found = {(f.detector, f.values) for f in scan_outputs({"t": (path, table)}, known)}
+    assert ("name", 1) in found and ("raw_value", 1) in found
+
+
+def test_whole_floats_are_checked_like_integers(tmp_path):
+    path = tmp_path / "t.parquet"
+    pl.DataFrame({"value": [8001011234567.0, 1012345678.0, 12.5]}).write_parquet(path)
+    table = TableSpec("t", None, False, None, {"value": ColumnRule("value", "keep")})
+    assert {f.detector for f in scan_outputs({"t": (path, table)}, KnownIdentifiers())} == {"rrn", "phone"}
+
+
+def test_codes_and_dates_of_visits_are_not_flagged(tmp_path):
+    path = tmp_path / "t.parquet"
+    pl.DataFrame({"code": ["E11.9", "A10BA02", "L3061", "mg/dL", "O", "V001"]}).write_parquet(path)
+    table = TableSpec("t", None, False, None, {"code": ColumnRule("code", "keep")})
+    assert scan_outputs({"t": (path, table)}, KnownIdentifiers()) == []

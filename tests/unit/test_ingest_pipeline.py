@@ -82,9 +82,17 @@ def enclave(monkeypatch):
     return hub.cli.main
 
 
+def single_project(doc):
+    """The demo spec without its per-project views: every project gets the whole dataset (these tests are
+    about the transforms, not about minimization; test_ingest_adversary covers the views)."""
+    doc.pop("projects", None)
+    doc.pop("linkage", None)
+
+
 def spec_variant(tmp_path: Path, change) -> Path:
-    """The demo spec with ``change(doc)`` applied, written beside the test."""
+    """The demo spec (single-project form) with ``change(doc)`` applied, written beside the test."""
     doc = copy.deepcopy(yaml.safe_load(DEMO_SPEC.read_text(encoding="utf-8")))
+    single_project(doc)
     change(doc)
     path = tmp_path / "variant.spec.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
@@ -95,7 +103,13 @@ def k_of_one(doc):
     doc["k_anonymity"]["k"] = 1
 
 
-def run(paths, audit, project, source, version=None, spec=DEMO_SPEC):
+@pytest.fixture(scope="module")
+def single_spec(tmp_path_factory) -> Path:
+    return spec_variant(tmp_path_factory.mktemp("spec"), lambda doc: None)
+
+
+def run(paths, audit, project, source, version=None, spec=None):
+    spec = spec or spec_variant(Path(paths.state_dir).parent, lambda doc: None)
     return ingest_dataset(paths, spec, source, project, audit=audit, actor="adam", version=version)
 
 
@@ -262,6 +276,7 @@ def test_detector_blocks_an_identifier_the_spec_lets_through(paths, audit, raw, 
             "transform": "keep",
             "kind": "none",
             "reason": "pretend this is not a phone number",
+            "allow": {"regex": ".*"},  # an allowlist that allows anything: the detector is the second line
         }
 
     with pytest.raises(RefusedError) as exc:

@@ -190,6 +190,7 @@ def test_kind_none_opts_out_with_a_reason(tmp_path):
     doc["tables"]["person"]["columns"]["drug_name"] = {"transform": "keep", "kind": "none"}
     assert "'reason' is a required property" in refusal(tmp_path, doc)
     doc["tables"]["person"]["columns"]["drug_name"]["reason"] = "an ingredient name, not a person's"
+    doc["tables"]["person"]["columns"]["drug_name"]["allow"] = {"codes": ["aspirin", "metformin"]}
     assert load_spec(write(tmp_path, doc)).tables["person"].columns["drug_name"].kind is None
 
 

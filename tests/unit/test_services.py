@@ -141,3 +141,40 @@ def test_a_stale_service_is_stopped_and_recorded(tmp_path):
 @pytest.mark.parametrize("argv", [[], ["exports"], ["nosuch", "--", "true"], ["exports", "true"]])
 def test_the_wrapper_refuses_bad_usage(argv):
     assert services.main(argv) == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a process of another uid and PID namespace")
+@pytest.mark.parametrize("how", ["another uid", "another pid namespace"])
+def test_a_process_dressed_up_as_a_service_from_a_container_is_not_ours(tmp_path, how):
+    """A researcher's process (uid 1000, in its container's PID namespace) is visible in the host's /proc
+    and can carry any environment. Dressed as this installation's exports service, it is neither reported
+    nor signalled."""
+    state = tmp_path / "state"
+    state.mkdir()
+    env = dict(os.environ, JUPYTERHUB_SERVICE_NAME="exports", ENCLAVE_STATE_DIR=str(state))
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    if how == "another uid":
+        dressed = subprocess.Popen(sleeper, env=env, user=1000, group=1000, start_new_session=True)
+    else:
+        # Only the process inside the new namespace carries the disguise, as in a container (unshare itself,
+        # on our side, is the engine's shim there).
+        disguise = [f"JUPYTERHUB_SERVICE_NAME={env['JUPYTERHUB_SERVICE_NAME']}", f"ENCLAVE_STATE_DIR={state}"]
+        dressed = subprocess.Popen(["unshare", "--pid", "--fork", "--", "env", *disguise, *sleeper],
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        pids = set()
+        while time.monotonic() < deadline and not pids:
+            pids = {p.pid for p in psutil.Process(dressed.pid).children(recursive=True)} | {dressed.pid}
+            pids = {pid for pid in pids if psutil.Process(pid).environ().get("JUPYTERHUB_SERVICE_NAME") == "exports"
+                    and "time.sleep" in " ".join(psutil.Process(pid).cmdline())}
+        assert pids, "control: the dressed-up process is running with the service's environment"
+        # The control that the disguise is good: without the namespace and uid test it would be found.
+        assert all(services.belongs_to(psutil.Process(pid).environ(), str(state), 1) for pid in pids)
+        assert services.find_services(str(state), 1) == []
+        with AuditLog.open(state) as log:
+            assert services.clear_stale(str(state), 1, -1, log) == []
+        assert dressed.poll() is None
+    finally:
+        os.killpg(dressed.pid, signal.SIGKILL)
+        dressed.wait()
