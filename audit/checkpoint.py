@@ -23,7 +23,6 @@ from audit.chain import canonical, utc_timestamp
 from audit.keys import key_id
 
 CHECKPOINT_VERSION = 1
-REASONS = ("count", "interval", "rotation", "manual")
 NOT_JSON = "not valid JSON"
 _FIELDS = {"key_id": str, "mac": str, "reason": str, "segment": str, "segment_bytes": int, "seq": int,
            "sig": str, "ts": str, "v": int}  # fmt: skip

@@ -10,6 +10,10 @@ The secrets directory is mode 700 and key files mode 600; anything looser is ref
 because a key that others could read must be assumed known. Keys are created on first use with a write to a
 private temporary file followed by ``link()`` to the final name, which fails if the name exists (the
 ``O_EXCL`` of whole files): two processes racing to create a key both end up with the one that won.
+
+The few lines of durable writing here (``_create_exclusive``, ``_write_atomic``, ``fsync_dir``) repeat
+ground/durable.py on purpose: audit/ must run alone, copied next to a trail with only ``cryptography``
+installed (tests/unit/test_audit_standalone.py), so it may not import ground/.
 """
 
 from __future__ import annotations

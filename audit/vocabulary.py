@@ -9,7 +9,8 @@ Rules that hold for every action:
 - Any outcome other than ``ok`` carries ``details["reason"]``: a short machine-readable reason such as
   ``not_member``, ``bad_credentials`` or ``project_expired``. A refusal without a reason cannot be reviewed.
 - ``actor`` is a username as in the directory (``alice``) or a service as ``service:<name>``
-  (``service:hub``, ``service:culler``, ``service:exports``, ``service:ingest``).
+  (``service:hub``, ``service:idle-culler``, ``service:enclave-policy``, ``service:exports``,
+  ``service:ingest``), or ``address:<ip>`` for a source the hub could not name (no token, no session).
 
 ``check_entry()`` enforces the table; ``AuditLog.append()`` calls it before anything is written, so a
 forgotten field is an error at the call site in tests, not a gap in the trail found during an inspection.

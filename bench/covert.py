@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     import docker
 
     from hub.dataset_images import release_dataset_filesystems
-    from hub.workspace import release_workspaces
+    from tests.harness import release_workspaces
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--channels", default=",".join(c.name for c in CHANNELS))

@@ -14,6 +14,7 @@ from typing import Any
 from exports.domain import RequestStatus
 from exports.projects import StaticProjectDirectory
 from exports.storage import RequestQuery, SQLStorage, default_db_url
+from ground.commands import CLIError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,8 +43,6 @@ def _storage(paths: Any) -> SQLStorage:
 
 
 def _cli_error(message: str) -> Exception:
-    from hub.cli import CLIError
-
     return CLIError(message)
 
 

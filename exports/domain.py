@@ -127,6 +127,35 @@ EDITABLE_STATES = frozenset({S.PENDING, S.RETURNED})
 UNDER_REVIEW_STATES = frozenset({S.SUBMITTED, S.PARTIALLY_REVIEWED})
 """Checkers may vote and submit reviews only here."""
 FINAL_STATES = frozenset(s for s, targets in VALID_STATE_TRANSITIONS.items() if not targets)
+"""Nothing moves out of these: the request is closed for good."""
+INITIAL_STATE = S.PENDING
+"""Every request starts here (recorded as a change from no status)."""
+
+STATUS_AUDIT_ACTIONS: Mapping[RequestStatus, str] = {
+    S.PENDING: "export.create",
+    S.SUBMITTED: "export.submit",
+    S.WITHDRAWN: "export.withdraw",
+    S.PARTIALLY_REVIEWED: "export.vote",
+    S.REVIEWED: "export.vote",
+    S.APPROVED: "export.decision",
+    S.REJECTED: "export.decision",
+    S.RETURNED: "export.decision",
+    S.RELEASED: "export.release",
+    S.REVOKED: "export.revoke",
+}
+"""The audit action recorded when a request enters each status (as airlock keys its events by status):
+a move is audited under the action of where it goes, never one chosen at the call site."""
+
+
+def round_after(request: ExportRequest, target: RequestStatus) -> int:
+    """The review round once ``request`` has moved to ``target``: every (re)submission starts a new one."""
+    return request.round + 1 if target is S.SUBMITTED else request.round
+
+
+def round_of_new_file(request: ExportRequest) -> int:
+    """The round a file added now is for: the next submission's, since files change only while
+    editable (PENDING before round 1, RETURNED after round n, so the file is for round n + 1)."""
+    return max(request.round if request.status is S.PENDING else request.round + 1, 1)
 
 
 class FileRole(str, Enum):
@@ -474,10 +503,13 @@ def apply_transition(
 ) -> ExportRequest:
     """The request after the move; checks the table first. Resubmission starts a new review round."""
     check_transition(request, target)
-    round_ = request.round + 1 if target is S.SUBMITTED else request.round
     change = StatusChange(request.status, target, actor, at, reason)
     return dataclasses.replace(
-        request, status=target, round=round_, updated_at=at, history=request.history + (change,)
+        request,
+        status=target,
+        round=round_after(request, target),
+        updated_at=at,
+        history=request.history + (change,),
     )
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from exports.canonical import Limits
 from exports.projects import ProjectInfo, Thresholds
-from hub.paths import EnclavePaths
+from ground.access import work_refusal
+from ground.paths import EnclavePaths
 from hub.policy import PolicyStore, Project
 
 
@@ -21,7 +22,8 @@ def project_info(
     listed = frozenset(m.uid for m in project.members)
     return ProjectInfo(
         id=project.id,
-        members=frozenset(uid for uid in listed if project.access_refusal(uid, today) is None),
+        # accreditation is the request scope the hub grants to researchers only (ground.access)
+        members=frozenset(uid for uid in listed if work_refusal(uid, None, project, today) is None),
         listed=listed,
         workspace=paths.workspace(project.id),
         reviewers_required=project.reviewers_required,

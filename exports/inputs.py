@@ -10,6 +10,11 @@ A request body looks like::
 
 For the simple case, ``{"paths": [...], "context": "...", "controls": "..."}`` means one group "main".
 Only paths are accepted, never bytes: the service reads the files itself.
+
+``BODY_SCHEMAS`` below is the one description of every request body: the OpenAPI document publishes it
+as it is, the parsers here take their enumerations and defaults from it, and
+tests/unit/test_exports_inputs_schema.py proves that every documented field is validated by the request
+code and every field it reads is documented.
 """
 
 from __future__ import annotations
@@ -25,6 +30,111 @@ GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 MAX_TEXT = 10_000
 MAX_FILES = 100
 DEFAULT_GROUP = "main"
+
+# --------------------------------------------------------------------------------------------------
+# The one description of the input (JSON Schema, as published in the OpenAPI document)
+
+_STR: dict[str, Any] = {"type": "string"}
+_OPTIONAL_STR: dict[str, Any] = {"type": ["string", "null"]}
+_TEXT = {**_OPTIONAL_STR, "description": f"Trimmed; {MAX_TEXT} characters at most"}
+_VISIBILITY = {
+    "enum": [v.value for v in Visibility] + [None],
+    "default": Visibility.CHECKERS.value,
+    "description": "Who reads it: checkers only, or the researcher too once the round is over",
+}
+DECISIONS: Mapping[str, FileDecision] = {
+    "approve": FileDecision.APPROVED,
+    "request_changes": FileDecision.CHANGES_REQUESTED,
+    "approved": FileDecision.APPROVED,
+    "changes_requested": FileDecision.CHANGES_REQUESTED,
+}
+"""The decision words a vote accepts: the two documented ones first, then the stored names."""
+
+FILE_SCHEMA: dict[str, Any] = {
+    "type": ["object", "string"],
+    "description": "A file to export; a bare string is its path",
+    "required": ["path"],
+    "properties": {
+        "path": {**_STR, "description": "Relative to the workspace root (/workspace)"},
+        "role": {"enum": [r.value for r in FileRole], "default": FileRole.OUTPUT.value},
+        "count_columns": {
+            "type": "array",
+            "items": {**_STR, "minLength": 1, "maxLength": 256},
+            "description": "Columns holding counts of people, for the threshold checks",
+        },
+    },
+}
+GROUP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {
+            **_STR,
+            "default": DEFAULT_GROUP,
+            "description": "Letters, digits, space, '_', '.', '-'; 64 characters at most",
+        },
+        "context": _TEXT,
+        "controls": _TEXT,
+        "files": {"type": "array", "items": FILE_SCHEMA},
+    },
+}
+ADD_FILES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Either 'groups', or 'paths' with 'context' and 'controls' (one group 'main'). "
+    f"{MAX_FILES} files at most in one call.",
+    "properties": {
+        "groups": {"type": "array", "items": GROUP_SCHEMA},
+        "paths": {"type": "array", "items": _STR},
+        "supporting": {"type": "array", "items": _STR},
+        "group": {**_STR, "default": DEFAULT_GROUP, "description": "The group name for 'paths'"},
+        "context": _TEXT,
+        "controls": _TEXT,
+        "provenance": {
+            "type": ["object", "null"],
+            "properties": {
+                "image_digest": {**_OPTIONAL_STR, "maxLength": 256},
+                "notebook": {**_OPTIONAL_STR, "maxLength": 1024},
+            },
+        },
+    },
+}
+CREATE_SCHEMA: dict[str, Any] = {
+    **ADD_FILES_SCHEMA,
+    "description": ADD_FILES_SCHEMA["description"]
+    + " From a notebook container the project is the container's own and may be omitted.",
+    "properties": {
+        "project": _OPTIONAL_STR,
+        **ADD_FILES_SCHEMA["properties"],
+        "submit": {"type": "boolean", "default": False, "description": "Submit at once"},
+    },
+}
+
+
+def _body(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props}
+
+
+BODY_SCHEMAS: Mapping[str, dict[str, Any]] = {
+    "create": CREATE_SCHEMA,
+    "files": ADD_FILES_SCHEMA,
+    "remove_file": _body(["path"], path=_STR),
+    "votes": _body(
+        ["decision"],
+        file_id={"type": ["integer", "string"], "description": "A whole number; or name the file by 'path'"},
+        path=_STR,
+        decision={"enum": list(DECISIONS)},
+        comment=_TEXT,
+        visibility=_VISIBILITY,
+    ),
+    "review": _body(
+        [],
+        verdict={"enum": [v.value for v in ReviewVerdict] + [None], "default": ReviewVerdict.VOTES.value},
+    ),
+    "return": _body(["reason"], reason=_STR),
+    "comments": _body(["text"], text=_STR, visibility=_VISIBILITY, path=_OPTIONAL_STR),
+    "revoke": _body(["reason"], reason=_STR),
+}
+"""Each action's request body, keyed by the last part of its path (``api/requests/<id>/<action>``);
+"create" is ``POST api/requests``."""
 
 
 @dataclass(frozen=True)
@@ -164,15 +274,9 @@ def parse_bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool
 
 
 def parse_decision(value: Any) -> FileDecision:
-    aliases = {
-        "approve": FileDecision.APPROVED,
-        "approved": FileDecision.APPROVED,
-        "changes_requested": FileDecision.CHANGES_REQUESTED,
-        "request_changes": FileDecision.CHANGES_REQUESTED,
-    }
-    if value not in aliases:
+    if not isinstance(value, str) or value not in DECISIONS:
         raise BadRequest(f"decision {value!r}: must be 'approve' or 'request_changes'")
-    return aliases[value]
+    return DECISIONS[value]
 
 
 def parse_verdict(value: Any) -> ReviewVerdict:

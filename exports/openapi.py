@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-STATUSES = [
-    "PENDING",
-    "SUBMITTED",
-    "PARTIALLY_REVIEWED",
-    "REVIEWED",
-    "APPROVED",
-    "REJECTED",
-    "RETURNED",
-    "WITHDRAWN",
-    "RELEASED",
-    "REVOKED",
-]
+from exports.domain import RequestStatus
+from exports.inputs import BODY_SCHEMAS, CREATE_SCHEMA, FILE_SCHEMA, GROUP_SCHEMA
+
+STATUSES = [status.value for status in RequestStatus]
+"""Taken from the domain, so a new status is documented the moment it exists."""
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -53,36 +46,27 @@ STR = {"type": "string"}
 
 
 def openapi_document(base: str) -> dict[str, Any]:
-    schemas = {
-        "Error": _obj(["status", "error", "message"], status={"type": "integer"}, error=STR, message=STR),
-        "FileInput": _obj(
-            ["path"],
-            path={**STR, "description": "Relative to the workspace root (/workspace)"},
-            role={"enum": ["output", "supporting"], "default": "output"},
-            count_columns={"type": "array", "items": STR},
-        ),
-        "GroupInput": _obj(
-            ["files"],
-            name={**STR, "default": "main"},
-            context=STR,
-            controls=STR,
-            files={"type": "array", "items": _ref("FileInput")},
-        ),
-        "CreateRequest": {
-            "type": "object",
-            "description": "Either 'groups', or 'paths' with 'context' and 'controls' (one group 'main'). "
-            "From a notebook container the project is the container's own and may be omitted.",
-            "properties": {
-                "project": STR,
-                "groups": {"type": "array", "items": _ref("GroupInput")},
-                "paths": {"type": "array", "items": STR},
-                "supporting": {"type": "array", "items": STR},
-                "context": STR,
-                "controls": STR,
-                "provenance": _obj([], image_digest=STR, notebook=STR),
-                "submit": {"type": "boolean", "default": False},
-            },
+    """The whole document: request bodies come from exports.inputs, statuses from exports.domain."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Research enclave export review service", "version": "1"},
+        "servers": [{"url": base.rstrip("/")}],
+        "components": {
+            "schemas": _schemas(),
+            "parameters": {"RequestId": {"name": "id", "in": "path", "required": True, "schema": STR}},
+            "securitySchemes": _security_schemes(),
         },
+        "security": [{"hubToken": []}, {"hubOAuth": []}],
+        "paths": {**_list_paths(), **_action_paths(), **_download_paths()},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Error": _obj(["status", "error", "message"], status={"type": "integer"}, error=STR, message=STR),
+        "FileInput": FILE_SCHEMA,
+        "GroupInput": GROUP_SCHEMA,
+        "CreateRequest": CREATE_SCHEMA,
         "CheckResult": _obj(
             ["check", "outcome"],
             check=STR,
@@ -138,7 +122,10 @@ def openapi_document(base: str) -> dict[str, Any]:
             reviewers_required={"type": "integer"},
         ),
     }
-    paths = {
+
+
+def _list_paths() -> dict[str, Any]:
+    return {
         "/api/requests": {
             "get": {
                 "summary": "List requests: your own ('mine'), or the review queue ('queue', checkers and admins)",
@@ -185,45 +172,32 @@ def openapi_document(base: str) -> dict[str, Any]:
         "/api/requests/{id}": {
             "get": _action("One request, as the caller may see it (blinding applies)", None)
         },
-        "/api/requests/{id}/files": _path_post(
-            _action("Add files or new versions (PENDING or RETURNED)", _ref("CreateRequest"))
-        ),
-        "/api/requests/{id}/remove_file": _path_post(
-            _action("Remove a file (old versions are kept)", _obj(["path"], path=STR))
-        ),
-        "/api/requests/{id}/submit": _path_post(_action("Submit, or resubmit after RETURNED", None)),
-        "/api/requests/{id}/withdraw": _path_post(_action("Withdraw (PENDING or RETURNED)", None)),
-        "/api/requests/{id}/votes": _path_post(
-            _action(
-                "A checker's vote on one file (changeable until the review is submitted)",
-                _obj(
-                    ["decision"],
-                    file_id={"type": "integer"},
-                    path=STR,
-                    decision={"enum": ["approve", "request_changes"]},
-                    comment=STR,
-                    visibility={"enum": ["checkers", "researcher"]},
-                ),
-            )
-        ),
-        "/api/requests/{id}/review": _path_post(
-            _action(
-                "Submit this checker's review; with the last required review the system decides",
-                _obj([], verdict={"enum": ["votes", "reject"], "default": "votes"}),
-            )
-        ),
-        "/api/requests/{id}/return": _path_post(
-            _action("Return early to the researcher, with a reason", _obj(["reason"], reason=STR))
-        ),
-        "/api/requests/{id}/comments": _path_post(
-            _action(
-                "Comment (researchers' comments are always visible to checkers)",
-                _obj(["text"], text=STR, visibility={"enum": ["checkers", "researcher"]}, path=STR),
-            )
-        ),
-        "/api/requests/{id}/revoke": _path_post(
-            _action("Revoke a release (checkers and admins)", _obj(["reason"], reason=STR))
-        ),
+    }
+
+
+ACTIONS = {
+    "files": "Add files or new versions (PENDING or RETURNED)",
+    "remove_file": "Remove a file (old versions are kept)",
+    "submit": "Submit, or resubmit after RETURNED",
+    "withdraw": "Withdraw (PENDING or RETURNED)",
+    "votes": "A checker's vote on one file (changeable until the review is submitted)",
+    "review": "Submit this checker's review; with the last required review the system decides",
+    "return": "Return early to the researcher, with a reason",
+    "comments": "Comment (researchers' comments are always visible to checkers)",
+    "revoke": "Revoke a release (checkers and admins)",
+}
+"""The POST actions on one request; an action with a body takes its schema from inputs.BODY_SCHEMAS."""
+
+
+def _action_paths() -> dict[str, Any]:
+    return {
+        f"/api/requests/{{id}}/{name}": _path_post(_action(summary, BODY_SCHEMAS.get(name)))
+        for name, summary in ACTIONS.items()
+    }
+
+
+def _download_paths() -> dict[str, Any]:
+    return {
         "/api/requests/{id}/files/{file_id}/content": {
             "get": {
                 "summary": "The frozen bytes of an image file, for display",
@@ -251,26 +225,18 @@ def openapi_document(base: str) -> dict[str, Any]:
             }
         },
     }
+
+
+def _security_schemes() -> dict[str, Any]:
     return {
-        "openapi": "3.1.0",
-        "info": {"title": "Research enclave export review service", "version": "1"},
-        "servers": [{"url": base.rstrip("/")}],
-        "components": {
-            "schemas": schemas,
-            "parameters": {"RequestId": {"name": "id", "in": "path", "required": True, "schema": STR}},
-            "securitySchemes": {
-                "hubToken": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "Authorization",
-                    "description": "'token <JupyterHub API token>' (a notebook server's own token, "
-                    "or a user token with custom:exports:* scopes)",
-                },
-                "hubOAuth": {"type": "apiKey", "in": "cookie", "name": "service-exports"},
-            },
+        "hubToken": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "'token <JupyterHub API token>' (a notebook server's own token, "
+            "or a user token with custom:exports:* scopes)",
         },
-        "security": [{"hubToken": []}, {"hubOAuth": []}],
-        "paths": paths,
+        "hubOAuth": {"type": "apiKey", "in": "cookie", "name": "service-exports"},
     }
 
 

@@ -12,7 +12,7 @@ service; the enclave adds its own:
     ENCLAVE_EXPORTS_PROJECTS   "module:function" returning a ProjectDirectory, called with
                                (state_dir, policy_dir) (default exports.enclave_policy:project_directory)
     ENCLAVE_EXPORTS_REFUSAL_WINDOW  seconds over which repeated refusals from one caller become one
-                               record with a count (default 60)
+                               record with a count (default ENCLAVE_AUDIT_REFUSAL_WINDOW, else 60)
     ENCLAVE_PUBLIC_URL         the site's public URL; https makes the service's cookies Secure
 
 The service refuses to start without the audit log: nothing may leave without leaving a trace.
@@ -81,7 +81,11 @@ class ServiceConfig:
             port=port,
             base_url=env.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/exports/",
             projects_factory=env.get("ENCLAVE_EXPORTS_PROJECTS") or DEFAULT_PROJECTS_FACTORY,
-            refusal_window=_seconds(env, "ENCLAVE_EXPORTS_REFUSAL_WINDOW", 60.0),
+            # the hub's window applies when the service has none of its own (side-door reports used to
+            # be aggregated under it)
+            refusal_window=_seconds(
+                env, "ENCLAVE_EXPORTS_REFUSAL_WINDOW", _seconds(env, "ENCLAVE_AUDIT_REFUSAL_WINDOW", 60.0)
+            ),
         )
 
 

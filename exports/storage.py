@@ -42,6 +42,8 @@ from exports.domain import (
     StatusChange,
     Visibility,
     Vote,
+    apply_transition,
+    round_of_new_file,
     utcnow,
 )
 
@@ -520,9 +522,7 @@ class _SQLRequestTransaction:
             .where((files_t.c.request_id == self._id) & (files_t.c.path == new.path))
             .values(current=False)
         )
-        round_ = (
-            self.request.round if self.request.status is RequestStatus.PENDING else self.request.round + 1
-        )
+        round_ = round_of_new_file(self.request)
         file_id = self._conn.execute(
             files_t.insert().values(
                 request_id=self._id,
@@ -535,7 +535,7 @@ class _SQLRequestTransaction:
                 filetype=new.filetype,
                 added_by=new.added_by,
                 added_at=utcnow(),
-                round=max(round_, 1),
+                round=round_,
                 current=True,
                 provenance=new.provenance.to_json(),
                 checks=new.checks.to_json(),
@@ -609,9 +609,13 @@ class _SQLRequestTransaction:
         self._changed(audit, summary=True)
 
     def _status(self, change: StatusChange) -> None:
-        values: dict[str, Any] = {"status": change.to_status.value}
+        # The domain checks the move against its table and bumps the round; storage only writes it.
+        after = apply_transition(
+            self.request, change.to_status, actor=change.actor, at=change.at, reason=change.reason
+        )
+        values: dict[str, Any] = {"status": after.status.value, "round": after.round}
         if change.to_status is RequestStatus.SUBMITTED:
-            values.update(round=self.request.round + 1, submitted_at=change.at)
+            values.update(submitted_at=change.at)
         self._conn.execute(requests_t.update().where(requests_t.c.id == self._id).values(**values))
         self._conn.execute(
             history_t.insert().values(

@@ -6,17 +6,18 @@ Layout under the state directory (never mounted into a container)::
     exports/release/<request id>/<sha256>        the approved bytes of a released request
 
 A write goes to a temporary file in the target directory, is fsynced, renamed into place, and the
-directory is fsynced, so a crash leaves either the whole file or no file under the final name.
+directory is fsynced (ground/durable.py), so a crash leaves either the whole file or no file under the
+final name.
 Every read hashes the bytes again: a store that was tampered with refuses to serve.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import secrets
 from pathlib import Path
+
+from ground.durable import atomic_write, ensure_private_dir
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -27,41 +28,6 @@ class StoreCorrupted(Exception):
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def ensure_private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file, or no file, or all of the new one."""
-    tmp = path.parent / f".tmp-{path.name[:16]}-{secrets.token_hex(6)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def read_verified(path: Path, sha256: str) -> bytes:

@@ -6,22 +6,22 @@
 - a page form posted without its ``_xsrf`` token (HubOAuth then ignores the session cookie);
 - an image's raw content asked for on a file that is not an image.
 
-One ``RefusalAggregator`` per service process: the first refusal of a kind from a server (or user) in a
-window is written in full, the rest are counted into one summary when the window closes. Attacker text is
-clipped. A timer on the service's event loop writes the summaries; exit writes the open ones.
+They take the one path every refusal of the export service takes: the workflow's ``RefusalAggregator``
+(``ExportWorkflow.refused``), to the same audit log the outbox delivers to. The first refusal of a kind
+from a server (or user) in a window is written in full, the rest are counted into one summary when the
+window closes. Attacker text is clipped. The service's timer writes the summaries; its shutdown writes the
+open ones (exports/service.py). Refusals change nothing in the database, so there is no transaction for
+the outbox to join, and the aggregator keeps a record back on a full disk where a database write could
+not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import functools
-import os
 import re
 import urllib.parse
 from typing import Any
-
-from tornado import ioloop
 
 from audit.aggregate import RefusalAggregator, clip
 
@@ -32,18 +32,6 @@ ROUTE_KINDS = [
     ("terminals", re.compile(r"/terminals(/|$)|/api/terminals")),
     ("upload-over-cap", re.compile(r"^upload-over-cap")),
 ]
-
-
-@functools.cache
-def refusals(state_dir: str | None = None) -> RefusalAggregator:
-    from hub.runtime import audit_log
-
-    window = float(os.environ.get("ENCLAVE_AUDIT_REFUSAL_WINDOW") or 60)
-    log = audit_log(state_dir or os.environ.get("ENCLAVE_STATE_DIR", "/var/lib/enclave"))
-    aggregator = RefusalAggregator(log, window=window)
-    ioloop.PeriodicCallback(aggregator.flush_due, 5000).start()
-    atexit.register(aggregator.flush_all)
-    return aggregator
 
 
 def route_kind(route: str) -> str:
@@ -59,10 +47,10 @@ def route_kind(route: str) -> str:
     return "other"
 
 
-async def record(executor: Any, **entry: Any) -> bool:
-    """``refusals().refuse(**entry)`` on the service's pool (the first of a window waits for fsync)."""
+async def record(executor: Any, refusals: RefusalAggregator, **entry: Any) -> bool:
+    """``refusals.refuse(**entry)`` on the service's pool (the first of a window waits for fsync)."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(executor, functools.partial(refusals().refuse, **entry))
+    return await loop.run_in_executor(executor, functools.partial(refusals.refuse, **entry))
 
 
 def sidedoor(identity: Any, body: dict[str, Any]) -> dict[str, Any]:

@@ -320,7 +320,7 @@ def list_query(handler: BaseHandler, identity: Identity, scope: str | None) -> R
         check_can_see_queue(identity)
     except ExportError as exc:
         if identity.in_container:  # a notebook asking for other projects' requests: on the trail
-            trail.refusals().refuse(**trail.queue_from_container(identity))
+            handler.workflow.refused.refuse(**trail.queue_from_container(identity))
         raise _to_http(exc) from None
     return RequestQuery(
         statuses or tuple(UNDER_REVIEW_STATES),
@@ -458,7 +458,7 @@ def perform(
                 identity, request_id, inputs.parse_comment(body.get("reason"), "reason") or ""
             )
         if action in ("comments", "comment"):
-            path = body.get("path") or None
+            path = inputs.parse_comment(body.get("path"), "path", required=False) or None
             return workflow.comment(
                 identity,
                 request_id,
@@ -482,7 +482,9 @@ class FileContentAPI(APIHandler):
         wanted = request.file_by_id(int(file_id))
         if wanted is not None and wanted.filetype != "png":  # refused before file_content records a view
             await trail.record(
-                self.settings["executor"], **trail.raw_content_refused(identity, request.project, request_id, file_id)
+                self.settings["executor"],
+                self.workflow.refused,
+                **trail.raw_content_refused(identity, request.project, request_id, file_id),
             )
             raise ExportHTTPError(
                 404, "not_found", f"file {file_id}: only images are served raw; see the request page"
@@ -538,7 +540,8 @@ class SideDoorAPI(APIHandler):
         identity = self.require()
         if not identity.in_container:
             raise ExportHTTPError(403, "not_container", "only a notebook server's own token reports side doors")
-        written = await trail.record(self.settings["executor"], **trail.sidedoor(identity, self.body()))
+        entry = trail.sidedoor(identity, self.body())
+        written = await trail.record(self.settings["executor"], self.workflow.refused, **entry)
         self.send({"recorded": True, "aggregated": not written}, status=201)
 
 

@@ -26,6 +26,9 @@ from audit.aggregate import RefusalAggregator, clip
 from exports import canonical, workspace
 from exports import checks as checks_mod
 from exports.domain import (
+    EDITABLE_STATES,
+    INITIAL_STATE,
+    STATUS_AUDIT_ACTIONS,
     UNDER_REVIEW_STATES,
     AuditEvent,
     BadRequest,
@@ -50,6 +53,7 @@ from exports.domain import (
     check_transition,
     decide,
     new_request_id,
+    round_after,
     status_after_review,
     utcnow,
 )
@@ -318,8 +322,10 @@ class ExportWorkflow:
                 raise BadRequest("groups: name at least one file to export")
             frozen = self._freeze(identity, project, groups, claims)
             now = utcnow()
-            request = ExportRequest(new_request_id(), project_id, identity.name, S.PENDING, 0, now, now)
-            audit = self._event(identity, "export.create", request, groups=[g.name for g in groups])
+            request = ExportRequest(new_request_id(), project_id, identity.name, INITIAL_STATE, 0, now, now)
+            audit = self._event(
+                identity, STATUS_AUDIT_ACTIONS[INITIAL_STATE], request, groups=[g.name for g in groups]
+            )
             with self.storage.create(request, audit=audit) as tx:
                 self._apply_groups(identity, tx, groups, frozen)
                 if submit:
@@ -378,7 +384,9 @@ class ExportWorkflow:
             check_transition(request, S.WITHDRAWN)
             tx.set_status(
                 StatusChange(request.status, S.WITHDRAWN, identity.name, utcnow(), "withdrawn"),
-                audit=self._event(identity, "export.withdraw", request, from_status=request.status.value),
+                audit=self._event(
+                    identity, STATUS_AUDIT_ACTIONS[S.WITHDRAWN], request, from_status=request.status.value
+                ),
             )
             return tx.request
 
@@ -386,9 +394,10 @@ class ExportWorkflow:
         self, identity: Identity, request: ExportRequest, project: ProjectInfo | None, what: str
     ) -> None:
         check_is_author(identity, request, project, what)
-        if request.status not in (S.PENDING, S.RETURNED):
+        if request.status not in EDITABLE_STATES:
+            editable = " or ".join(sorted(st.value for st in EDITABLE_STATES))
             raise InvalidTransition(
-                f"request {request.id} is {request.status.value}: files can change only while PENDING or RETURNED"
+                f"request {request.id} is {request.status.value}: files can change only while {editable}"
             )
 
     def _freeze(
@@ -552,9 +561,9 @@ class ExportWorkflow:
             ),
             audit=self._event(
                 identity,
-                "export.submit",
+                STATUS_AUDIT_ACTIONS[S.SUBMITTED],
                 request,
-                round=request.round + 1,
+                round=round_after(request, S.SUBMITTED),
                 from_status=request.status.value,
                 files={f.path: f.sha256 for f in request.output_files},
             ),
@@ -651,17 +660,16 @@ class ExportWorkflow:
         """Move along the table after a review: SUBMITTED -> PARTIALLY_REVIEWED -> REVIEWED -> decision.
         The checker moves it through review; the decision is the system's, derived from the reviews."""
         if tx.request.status is S.SUBMITTED:
-            self._move(tx, S.PARTIALLY_REVIEWED, identity.name, "first review submitted", "export.vote")
+            self._move(tx, S.PARTIALLY_REVIEWED, identity.name, "first review submitted")
         if status_after_review(tx.request, reviewers_required) is S.REVIEWED:
             reviewers = sorted(r.reviewer for r in tx.request.reviews_in_round())
-            self._move(tx, S.REVIEWED, identity.name, f"reviewed by {', '.join(reviewers)}", "export.vote")
+            self._move(tx, S.REVIEWED, identity.name, f"reviewed by {', '.join(reviewers)}")
             outcome, reason = decide(tx.request, reviewers_required)
             self._move(
                 tx,
                 outcome,
                 SYSTEM,
                 reason,
-                "export.decision",
                 decision=outcome.value.lower(),
                 reviewers=reviewers,
             )
@@ -672,16 +680,16 @@ class ExportWorkflow:
         target: RequestStatus,
         actor: str,
         reason: str,
-        action: str,
         **details: Any,
     ) -> None:
+        """One move along the table, audited under the action the domain names for ``target``."""
         request = tx.request
         check_transition(request, target)
         tx.set_status(
             StatusChange(request.status, target, actor, utcnow(), reason),
             audit=self._event(
                 actor,
-                action,
+                STATUS_AUDIT_ACTIONS[target],
                 request,
                 from_status=request.status.value,
                 to_status=target.value,
@@ -705,7 +713,6 @@ class ExportWorkflow:
                 S.RETURNED,
                 identity.name,
                 reason,
-                "export.decision",
                 decision="returned",
                 early=True,
                 via=identity.via,
@@ -761,7 +768,7 @@ class ExportWorkflow:
     def revoke(self, identity: Identity, request_id: str, reason: str) -> ExportRequest:
         with self.refusals(identity, "export.revoke", request_id), self.storage.transaction(request_id) as tx:
             check_can_revoke(identity, tx.request)
-            self._move(tx, S.REVOKED, identity.name, reason, "export.revoke", via=identity.via)
+            self._move(tx, S.REVOKED, identity.name, reason, via=identity.via)
             return tx.request
 
     # ---------------------------------------------------------------------------------------------
@@ -805,7 +812,7 @@ class ExportWorkflow:
                     change,
                     audit=self._event(
                         SYSTEM,
-                        "export.release",
+                        STATUS_AUDIT_ACTIONS[S.RELEASED],
                         tx.request,
                         files={f.path: f.sha256 for f in released},
                         to=tx.request.author,

@@ -26,12 +26,9 @@ from ldap3.core.exceptions import LDAPBindError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
+# The group names are defined once, in ground.access; hub.auth and hub.directory still take them from here.
+from ground.access import ADMINS, CHECKERS, ENCLAVE_GROUPS, RESEARCHERS  # noqa: F401
 from hub.policy import LdapSettings
-
-RESEARCHERS = "enclave-researchers"
-CHECKERS = "enclave-checkers"
-ADMINS = "enclave-admins"
-ENCLAVE_GROUPS = (RESEARCHERS, CHECKERS, ADMINS)
 
 
 class DirectoryUnreachable(Exception):

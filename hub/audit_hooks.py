@@ -31,6 +31,7 @@ log = logging.getLogger("enclave.audit_hooks")
 
 SERVER_DELETE = re.compile(r"^/hub/api/users/(?P<user>[^/]+)/servers/(?P<server>[^/]+)/?$")
 CULLER = "idle-culler"
+"""The culler's JupyterHub service name; on the trail it is ``service:idle-culler`` (audit/vocabulary.py)."""
 # Requests on someone else's server that the hub refuses, as (attempt, methods, path).
 OTHERS_SERVER = [
     ("start", {"POST"}, re.compile(r"^/hub/api/users/(?P<user>[^/]+)/servers/(?P<server>[^/]*)/?$")),
@@ -85,8 +86,12 @@ class AuditUnavailable(web.HTTPError):
 
 
 def requester(handler):
-    """The user or service a finished request was made by (also after logout cleared the cookie)."""
-    return getattr(handler, "_jupyterhub_user", None)
+    """The user or service a finished request was made by (also after logout cleared the cookie): the
+    public ``current_user``, which raises if the request ended before JupyterHub looked its user up."""
+    try:
+        return handler.current_user
+    except RuntimeError:
+        return None
 
 
 def audit_request(handler, state_dir: str) -> None:
@@ -103,15 +108,16 @@ def audit_request(handler, state_dir: str) -> None:
               or "unknown")
     target = f"{match['user']}/{match['server']}"
     log = runtime.audit_log(state_dir)
+    actor = f"service:{who.name}" if getattr(who, "kind", "user") == "service" else who.name
     if getattr(who, "kind", "") == "service" and who.name == CULLER:
-        log.append_or_spool(actor=CULLER, action="server.cull", project=match["server"],
+        log.append_or_spool(actor=actor, action="server.cull", project=match["server"],
                             target=target, details={"image_digest": digest, "reason": "idle"})
     elif getattr(who, "kind", "user") == "user" and who.name == match["user"]:
         log.append_or_spool(actor=who.name, action="server.stop", project=match["server"],
                             target=target, details={"image_digest": digest})
     else:  # an administrator or a service stopped someone else's server: name who did it
-        log.append_or_spool(actor=who.name, action="server.stop", project=match["server"],
-                            target=target, details={"image_digest": digest, "stopped_by": who.name})
+        log.append_or_spool(actor=actor, action="server.stop", project=match["server"],
+                            target=target, details={"image_digest": digest, "stopped_by": actor})
 
 
 @cache

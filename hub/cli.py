@@ -1,6 +1,6 @@
 """The ``enclave`` command: the administrator's and operator's way into the enclave.
 
-In the manner of tljh-config: each concern registers its own subcommands here, errors go to stderr
+In the manner of tljh-config: each concern registers its own subcommands (ground/commands.py), errors go to stderr
 with a non-zero exit, and ``main(argv)`` is callable from tests.
 """
 
@@ -8,41 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from hub.paths import EnclavePaths
-
-
-class CLIError(Exception):
-    """A refusal the operator can act on. The message names the file, field or request at fault."""
-
-
-Handler = Callable[[argparse.Namespace, EnclavePaths], int | None]
-
-
-def command_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
-    """The subcommands of ``enclave NAME``, created on first use and shared by every concern that adds to it
-    (``dataset ingest`` comes from the pipeline, ``dataset attach`` from provisioning)."""
-    group = subparsers.choices.get(name)
-    if group is None:
-        group = subparsers.add_parser(name, help=help)
-        group.set_defaults(handler=lambda args, paths: group.print_help() or 2)
-        return group.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
-    return next(a for a in group._actions if isinstance(a, argparse._SubParsersAction))
-
-
-def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Each concern adds its own subcommands. Imported lazily so a broken optional part
-    (for example the data pipeline) cannot stop ``enclave audit verify`` from running."""
-    registrars = []
-    for module_name in ("audit.cli", "ingest.cli", "hub.provision", "exports.cli", "hub.doctor"):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ImportError as exc:  # that concern, or a library it needs, is not installed here
-            print(f"enclave: {module_name} unavailable ({exc}); its commands are left out", file=sys.stderr)
-            continue
-        registrars.append(module.register)
-    return registrars
+from ground.commands import CLIError, Handler
+from ground.commands import registrars as _registrars  # a name tests replace to register one concern
+from ground.paths import EnclavePaths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,8 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as ``python -m hub.cli`` this module is __main__, and the commands raise hub.cli.CLIError, a
-    # different class from __main__.CLIError: call the imported module's main so that they are caught.
+    # Run as ``python -m hub.cli`` this module is __main__: call the imported module's main, so that
+    # tests that replace hub.cli._registrars see the same module the command runs in.
     from hub.cli import main as _main
 
     sys.exit(_main())

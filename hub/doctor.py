@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ground.commands import CLIError
 from hub import firewall, internal_tls
-from hub.cli import CLIError
 from hub.paths import EnclavePaths
 from hub.policy import PolicyError, Site, load_policy
 from hub.security_profile import inspect_problems, lxcfs_problem

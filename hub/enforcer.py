@@ -29,24 +29,27 @@ from pathlib import Path
 
 import requests
 
+from ground.access import Reason, work_refusal
+from ground.durable import atomic_write
 from hub import runtime
 from hub.accreditation import AccreditationReader, DirectoryUnreachable
-from hub.auth import RESEARCHERS
 from hub.paths import EnclavePaths
-from hub.policy import Policy, PolicyError, PolicyStore, load_policy, policy_fingerprint
+from hub.policy import Policy, PolicyWatch
 
 log = logging.getLogger("enclave.enforcer")
-ACTOR = "enclave-policy"
+ACTOR = "service:enclave-policy"
 
 
 def refusal(policy: Policy, user: dict, server_name: str, today: date) -> str | None:
     """Why the policy no longer allows this running server, or None."""
-    project = policy.projects.get(server_name)
-    if project is None:
+    why = work_refusal(user["name"], user.get("groups", []), policy.projects.get(server_name), today)
+    if why is None:
+        return None
+    if why.reason is Reason.NO_PROJECT:
         return f"project {server_name} is no longer in the policy"
-    if RESEARCHERS not in user.get("groups", []):
+    if why.reason is Reason.NOT_ACCREDITED:
         return f"{user['name']} is no longer an accredited researcher"
-    return project.access_refusal(user["name"], today)
+    return why.message
 
 
 class Enforcer:
@@ -58,7 +61,7 @@ class Enforcer:
         if os.environ.get("JUPYTERHUB_SSL_CERTFILE"):  # internal_ssl: the hub asks for our certificate
             self.session.cert = (os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERHUB_SSL_KEYFILE"])
             self.session.verify = os.environ["JUPYTERHUB_SSL_CLIENT_CA"]
-        self.fingerprint = None
+        self.watch = PolicyWatch(paths.policy_dir, paths.state_dir)
         self.policy: Policy | None = None
         self.audit = runtime.audit_log(str(paths.state_dir))
         self.outage_since: float | None = None
@@ -67,49 +70,34 @@ class Enforcer:
 
     # ---- policy -------------------------------------------------------------------------------
     def reload(self) -> None:
-        fingerprint = policy_fingerprint(self.paths.policy_dir)
-        if fingerprint == self.fingerprint:
+        """Take up a policy change (hub.policy.PolicyWatch), then record it: the status file that
+        ``enclave policy apply`` waits on, the applied snapshot, and the audit trail."""
+        change = self.watch.look()
+        if change is None:
             return
-        first = self.fingerprint is None
-        changed = self._changed_files(fingerprint)
-        self.fingerprint = fingerprint
-        try:
-            policy = load_policy(self.paths.policy_dir, self.paths.state_dir)
-        except PolicyError as exc:
-            log.error("policy change refused, keeping the last good policy:\n%s", exc)
-            if self.policy is None:  # started on a bad edit: enforce what was last applied, as the hub does
-                self.policy = PolicyStore(self.paths.policy_dir, self.paths.state_dir).current()
-            self._status(fingerprint, ok=False, problems=str(exc))
+        self.policy = self.watch.policy
+        if change.error is not None:
+            self._status(change.fingerprint, ok=False, problems=str(change.error))
             self.audit.append(actor=ACTOR, action="policy.change", target="policies", outcome="error",
-                              details={"change": "reload", "files": changed, "reason": str(exc)[:4000]})
+                              details={"change": "reload", "files": change.files,
+                                       "reason": str(change.error)[:4000]})
             return
-        self.policy = policy
         self._snapshot()
-        self._status(fingerprint, ok=True, problems="")
-        if not first:
-            log.info("policy reloaded: %s", ", ".join(changed))
+        self._status(change.fingerprint, ok=True, problems="")
+        if not change.first:
+            log.info("policy reloaded: %s", ", ".join(change.files))
             self.audit.append(actor=ACTOR, action="policy.change", target="policies",
-                              details={"change": "reload", "files": changed})
-
-    def _changed_files(self, fingerprint) -> list[str]:
-        before = {f[0]: f[1:] for f in (self.fingerprint or ())}
-        after = {f[0]: f[1:] for f in fingerprint}
-        names = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
-        return [str(Path(n).relative_to(self.paths.policy_dir)) for n in names]
+                              details={"change": "reload", "files": change.files})
 
     def _status(self, fingerprint, ok: bool, problems: str) -> None:
         status = {"fingerprint": [list(x) for x in fingerprint], "ok": ok, "problems": problems,
                   "at": datetime.now(UTC).isoformat(timespec="seconds")}
-        target = self.paths.hub_dir / "policy-status.json"
-        fd, tmp = tempfile.mkstemp(dir=self.paths.hub_dir, prefix=".policy-status.")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(status, fh)
-        os.replace(tmp, target)
+        atomic_write(self.paths.policy_status_file, json.dumps(status))
 
     def _snapshot(self) -> None:
         """The last applied policy, for `enclave policy diff` and for a hub that restarts on a bad edit."""
-        target = self.paths.hub_dir / "policy-applied"
-        tmp = Path(tempfile.mkdtemp(dir=self.paths.hub_dir, prefix=".policy-applied."))
+        target = self.paths.policy_applied_dir
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".policy-applied."))
         shutil.copytree(self.paths.policy_dir, tmp, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".enclave.lock", ".*"))
         old = target.with_name(".policy-applied.old")

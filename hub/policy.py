@@ -7,6 +7,7 @@ typo in one file can never open (or silently close) the enclave.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from hub.paths import REPO_ROOT
+from hub.paths import REPO_ROOT, EnclavePaths
 
 log = logging.getLogger("enclave.policy")
 
@@ -365,34 +366,89 @@ def policy_fingerprint(policy_dir: Path) -> tuple:
     return tuple(entries)
 
 
+@dataclass(frozen=True)
+class Reload:
+    """What one look at the policy directory found: which files changed, and the refusal if any."""
+
+    first: bool
+    """The first look of this process (nothing to compare with)."""
+    fingerprint: tuple
+    files: list[str]
+    """The changed files, relative to the policy directory."""
+    error: PolicyError | None = None
+
+
+def applied_policy(policy_dir: Path, state_dir: Path) -> Policy | None:
+    """The policy hub/enforcer.py last applied (its snapshot), so that the hub and the enforcer agree on
+    the last good policy even if one of them saw none of the valid edits in between."""
+    applied = EnclavePaths(state_dir, policy_dir).policy_applied_dir
+    try:
+        return load_policy(applied, state_dir) if (applied / "site.yaml").exists() else None
+    except PolicyError:
+        return None
+
+
+class PolicyWatch:
+    """The one rule "reload on change, keep the last good policy", for the hub and the enforcer.
+
+    On a bad change the last good policy stays, or the applied snapshot (which is what the enforcer last
+    found good); with neither, the PolicyError is raised: nothing is better than a guess."""
+
+    def __init__(self, policy_dir: Path, state_dir: Path):
+        self.policy_dir = policy_dir
+        self.state_dir = state_dir
+        self.policy: Policy | None = None
+        self.last_error: PolicyError | None = None
+        self._fingerprint: tuple | None = None
+
+    def look(self) -> Reload | None:
+        """Reload if any file changed since the last look; None if nothing did."""
+        fingerprint = policy_fingerprint(self.policy_dir)
+        if fingerprint == self._fingerprint:
+            return None
+        change = Reload(self._fingerprint is None, fingerprint, self._changed_files(fingerprint))
+        self._fingerprint = fingerprint
+        try:
+            policy = load_policy(self.policy_dir, self.state_dir)
+        except PolicyError as exc:
+            self.last_error = exc
+            log.error("policy change refused, keeping the last good policy:\n%s", exc)
+            applied = applied_policy(self.policy_dir, self.state_dir)
+            if applied is not None:
+                self.policy = applied
+            elif self.policy is None:
+                raise
+            return dataclasses.replace(change, error=exc)
+        self.policy, self.last_error = policy, None
+        log.info("policy reloaded: %d projects, %d datasets", len(policy.projects), len(policy.datasets))
+        return change
+
+    def _changed_files(self, fingerprint: tuple) -> list[str]:
+        before = {f[0]: f[1:] for f in (self._fingerprint or ())}
+        after = {f[0]: f[1:] for f in fingerprint}
+        names = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+        return [str(Path(n).relative_to(self.policy_dir)) for n in names]
+
+
 class PolicyStore:
     """The hub's view of policy: reloads on change, keeps the last good policy on a bad change."""
 
     def __init__(self, policy_dir: Path, state_dir: Path):
         self.policy_dir = policy_dir
         self.state_dir = state_dir
-        self.last_error: PolicyError | None = None
-        self._fingerprint = policy_fingerprint(policy_dir)
-        try:
-            self._policy = load_policy(policy_dir, state_dir)
-        except PolicyError as exc:
-            # A hub restarted after a bad hand edit keeps serving the policy it last applied (written by
-            # hub/enforcer.py); with nothing applied yet it refuses to start rather than guess.
-            applied = self._applied()
-            if applied is None:
-                raise
-            self._policy = applied
-            self.last_error = exc
-            log.error("policy on disk is invalid; serving the last applied policy:\n%s", exc)
+        # A hub restarted after a bad hand edit keeps serving the policy it last applied (written by
+        # hub/enforcer.py); with nothing applied yet it refuses to start rather than guess.
+        self._watch = PolicyWatch(policy_dir, state_dir)
+        self._watch.look()
 
-    def _applied(self) -> Policy | None:
-        """The policy hub/enforcer.py last applied (its snapshot), so that the hub and the enforcer agree
-        on the last good policy even if the hub saw none of the valid edits in between."""
-        applied = self.state_dir / "hub" / "policy-applied"
-        try:
-            return load_policy(applied, self.state_dir) if (applied / "site.yaml").exists() else None
-        except PolicyError:
-            return None
+    @property
+    def last_error(self) -> PolicyError | None:
+        return self._watch.last_error
+
+    @property
+    def _policy(self) -> Policy:
+        assert self._watch.policy is not None  # look() raised otherwise
+        return self._watch.policy
 
     def current(self) -> Policy:
         """The newest valid policy. Call it at every decision; it costs a few stat() calls."""
@@ -401,19 +457,5 @@ class PolicyStore:
 
     def refresh(self) -> bool:
         """Reload if any file changed. Returns True when a new policy took effect."""
-        fingerprint = policy_fingerprint(self.policy_dir)
-        if fingerprint == self._fingerprint:
-            return False
-        self._fingerprint = fingerprint
-        try:
-            policy = load_policy(self.policy_dir, self.state_dir)
-        except PolicyError as exc:
-            self.last_error = exc
-            log.error("policy change refused, keeping the last good policy:\n%s", exc)
-            applied = self._applied()
-            if applied is not None:
-                self._policy = applied
-            return False
-        self._policy, self.last_error = policy, None
-        log.info("policy reloaded: %d projects, %d datasets", len(policy.projects), len(policy.datasets))
-        return True
+        change = self._watch.look()
+        return change is not None and change.error is None

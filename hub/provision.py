@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import sys
@@ -31,7 +30,8 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from hub.cli import CLIError, command_group
+from ground.commands import CLIError, command_group
+from ground.durable import atomic_write
 from hub.directory import Directory, DirectoryError, admin_directory, operator_password, operator_uid
 from hub.paths import EnclavePaths
 from hub.policy import PolicyError, load_document, load_policy, policy_fingerprint
@@ -71,25 +71,6 @@ def policy_lock(policy_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def sha256(text: str | None) -> str | None:
@@ -150,7 +131,7 @@ def commit(paths: EnclavePaths, edits: list[Edit], actor: str, dry_run: bool) ->
         if edit.new_text is None:
             edit.path.unlink()
         else:
-            write_atomic(edit.path, edit.new_text)
+            atomic_write(edit.path, edit.new_text, 0o644)
         try:
             log.append(actor=actor, action="policy.change", project=edit.summary.get("project"),
                        target=str(edit.path.relative_to(paths.policy_dir)),
@@ -161,7 +142,7 @@ def commit(paths: EnclavePaths, edits: list[Edit], actor: str, dry_run: bool) ->
             if old_text is None:
                 edit.path.unlink(missing_ok=True)
             else:
-                write_atomic(edit.path, old_text)
+                atomic_write(edit.path, old_text, 0o644)
             raise CLIError(f"the audit trail refused the record, the change was undone: {exc}") from exc
     print(f"changed by {actor}; the hub applies it within a few seconds")
 
@@ -442,16 +423,8 @@ def cmd_policy_validate(args, paths):
     return 1 if failed else 0
 
 
-def status_path(paths: EnclavePaths) -> Path:
-    return paths.hub_dir / "policy-status.json"
-
-
-def applied_dir(paths: EnclavePaths) -> Path:
-    return paths.hub_dir / "policy-applied"
-
-
 def cmd_policy_diff(args, paths):
-    applied = applied_dir(paths)
+    applied = paths.policy_applied_dir
     if not applied.exists():
         raise CLIError(f"no applied policy recorded in {applied}: is the hub running?")
     changed = False
@@ -474,7 +447,7 @@ def cmd_policy_reload(args, paths):
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
         try:
-            status = json.loads(status_path(paths).read_text())
+            status = json.loads(paths.policy_status_file.read_text())
         except (OSError, ValueError):
             status = None
         if status and status.get("fingerprint") == want:
@@ -483,7 +456,7 @@ def cmd_policy_reload(args, paths):
                 return 0
             raise CLIError("the hub refused the policy on disk and keeps the last good one:\n" + status["problems"])
         time.sleep(0.5)
-    raise CLIError(f"the hub did not pick up the policy within {args.wait}s (is it running? {status_path(paths)})")
+    raise CLIError(f"the hub did not pick up the policy within {args.wait}s (is it running? {paths.policy_status_file})")
 
 
 def cmd_user_reset_mfa(args, paths):

@@ -213,7 +213,7 @@ def clear_stale(state_dir: str, hub_internal_port: int, hub_pid: int, audit=None
         if audit is None:
             continue
         audit.append_or_spool(
-            actor="hub",
+            actor="service:hub",
             action="service.stop",
             target=service.name,
             details={

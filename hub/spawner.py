@@ -19,6 +19,7 @@ from tornado import web
 from traitlets import List, Unicode, default, validate
 
 from audit import AuditWriteError
+from ground.access import Reason, work_refusal
 from hub import firewall, internal_tls, runtime
 from hub.audit_hooks import AuditUnavailable, stop_requested_here
 from hub.dataset_images import ensure_dataset_filesystem
@@ -38,8 +39,6 @@ from hub.security_profile import (
     security_profile,
 )
 from hub.workspace import WorkspaceError, ensure_workspace
-
-ACCREDITED_GROUP = "enclave-researchers"
 
 # Filesystem work (mkfs, mksquashfs, mount) blocks for up to seconds: never on the event loop, and not on
 # DockerSpawner's single engine thread either, or every other spawn's engine calls would queue behind it.
@@ -191,12 +190,11 @@ class EnclaveSpawner(DockerSpawner):
         project = self.policy.projects.get(self.name)
         if project is None:
             raise SpawnRefused(f"Unknown project '{self.name}'.", status=404)
-        groups = {g.name for g in self.user.groups}
-        if ACCREDITED_GROUP not in groups:
-            raise SpawnRefused(f"{self.user.name} is not an accredited researcher ({ACCREDITED_GROUP}).")
-        refusal = project.access_refusal(self.user.name, date.today())
+        refusal = work_refusal(self.user.name, {g.name for g in self.user.groups}, project, date.today())
+        if refusal and refusal.reason is Reason.NOT_ACCREDITED:
+            raise SpawnRefused(f"{refusal.message}.")
         if refusal:
-            raise SpawnRefused(f"Cannot start {project.id}: {refusal}.")
+            raise SpawnRefused(f"Cannot start {project.id}: {refusal.message}.")
         return project
 
     def project_mounts(self, project: Project, in_use: bool) -> list[Mount]:

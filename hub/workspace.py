@@ -109,12 +109,3 @@ def _unmount_if_idle(path: Path, image: Path) -> bool:
             _run("mount", "-o", "nosuid,nodev,noexec", attached, str(path))
         return False
     return not os.path.ismount(path)
-
-
-def release_workspaces(workspaces_dir: Path) -> None:
-    """Unmount every quota'd workspace under ``workspaces_dir`` (for tests and decommissioning)."""
-    if not workspaces_dir.exists():
-        return
-    for path in workspaces_dir.iterdir():
-        if path.is_dir() and os.path.ismount(path):
-            subprocess.run(["umount", str(path)], check=False)

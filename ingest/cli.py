@@ -9,7 +9,7 @@
 ``<id>.yaml``'s ``spec:`` if it has one, else ``<id>.spec.yaml``.
 
 The ``dataset`` group is shared: hub.provision adds attach/detach/list to it, through the same
-``hub.cli.command_group``, so the order of registration does not matter.
+``ground.commands.command_group``, so the order of registration does not matter.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from hub.cli import CLIError, command_group
-from hub.paths import EnclavePaths
+from ground.commands import CLIError, command_group
+from ground.paths import EnclavePaths
 from ingest.errors import IngestError, RefusedError
 
 GROUP = "dataset"
@@ -33,7 +33,7 @@ GROUP = "dataset"
 
 def dataset_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The ``enclave dataset`` group's subcommands, shared with hub.provision (whoever registers first
-    creates the group: hub.cli.command_group)."""
+    creates the group: ground.commands.command_group)."""
     return command_group(subparsers, GROUP, "datasets: catalogue, grants, ingest")
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ground.durable import create_exclusive, fsync_dir
 from ingest.errors import KeyFileError
 
 MASTER_KEY_FILE = "master.key"
@@ -55,7 +56,7 @@ def load_master_key(secrets_dir: Path, *, create: bool = True) -> bytes:
     _ensure_private_dir(secrets_dir)
     path = secrets_dir / MASTER_KEY_FILE
     if create and not path.exists():
-        _create_exclusive(path, secrets.token_bytes(KEY_BYTES).hex().encode("ascii") + b"\n")
+        create_exclusive(path, secrets.token_bytes(KEY_BYTES).hex().encode("ascii") + b"\n")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -88,35 +89,9 @@ def _ensure_private_dir(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.mkdir(path, 0o700)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except FileExistsError:
             pass
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
         raise KeyFileError(f"{path}: mode {mode:04o} lets others in; it must be 0700 (chmod 700 {path})")
-
-
-def _create_exclusive(path: Path, content: bytes) -> None:
-    """Write ``content`` to a private temporary file, then link it to ``path`` unless ``path`` exists."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, content)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass  # another ingest created it first; use theirs
-    finally:
-        os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

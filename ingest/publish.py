@@ -18,7 +18,6 @@ next ingest, which can tell they are abandoned because nobody holds their lock a
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ground.durable import fsync_dir
 from ingest.errors import AlreadyPublishedError, IngestError, InvalidNameError
 
 MANIFEST = "manifest.json"
@@ -155,7 +155,7 @@ class DatasetStore:
         with _locked(parent / ".lock"):
             self.refuse_if_published(project, dataset, version)
             os.rename(staged, target)
-            _fsync_dir(parent)
+            fsync_dir(parent)
         return target
 
     def unpublish(self, project: str, dataset: str, version: str) -> None:
@@ -163,7 +163,7 @@ class DatasetStore:
         target = self.version_dir(project, dataset, version)
         with _locked(self.dataset_dir(project, dataset) / ".lock"):
             _force_rmtree(target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
 
     def set_current(self, project: str, dataset: str) -> None:
         """Point ``current`` at the newest published version, atomically (a symlink made under a temporary
@@ -172,7 +172,7 @@ class DatasetStore:
         tmp = parent / f".{CURRENT}.{secrets.token_hex(4)}"
         os.symlink(self.versions(project, dataset)[-1], tmp)
         os.replace(tmp, parent / CURRENT)
-        _fsync_dir(parent)
+        fsync_dir(parent)
 
 
 def sha256_file(path: Path) -> str:
@@ -243,7 +243,7 @@ def _seal(directory: Path) -> None:
             os.close(fd)
         os.chmod(p, 0o444)
     os.chmod(directory, 0o555)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _force_rmtree(path: Path) -> None:
@@ -261,16 +261,5 @@ def _locked(path: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems refuse directory fsync; the rename is still atomic
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
     finally:
         os.close(fd)

@@ -25,10 +25,10 @@ import yaml
 
 from hub import internal_tls
 from hub.dataset_images import release_dataset_filesystems
-from hub.workspace import release_workspaces
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
 IMAGE = os.environ.get("ENCLAVE_TEST_IMAGE", "enclave/notebook:0.1")
 CHP = os.environ.get("ENCLAVE_CHP", "/opt/enclave/node/node_modules/.bin/configurable-http-proxy")
 BASE_DN = "dc=enclave,dc=test"
@@ -43,6 +43,14 @@ _ctx.load_cert_chain(os.environ["JUPYTERHUB_SSL_CERTFILE"], os.environ["JUPYTERH
 urllib.request.install_opener(urllib.request.build_opener(urllib.request.HTTPSHandler(context=_ctx)))
 """
 
+
+def release_workspaces(workspaces_dir: Path) -> None:
+    """Unmount every quota'd workspace under ``workspaces_dir``, at a test hub's teardown."""
+    if not workspaces_dir.exists():
+        return
+    for path in workspaces_dir.iterdir():
+        if path.is_dir() and os.path.ismount(path):
+            subprocess.run(["umount", str(path)], check=False)
 
 
 def ssha(password: str) -> str:

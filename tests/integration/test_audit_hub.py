@@ -63,5 +63,5 @@ def test_idle_cull_is_audited(fresh_hub):
     alice.login()
     alice.spawn("demo-cardio")
     culled = wait_for(lambda: records(h, action="server.cull"), 150, "the idle culler to stop alice's server", 2)
-    assert culled[-1]["actor"] == "idle-culler" and culled[-1]["target"] == "alice/demo-cardio"
+    assert culled[-1]["actor"] == "service:idle-culler" and culled[-1]["target"] == "alice/demo-cardio"
     assert alice.server("demo-cardio") is None
