@@ -4,6 +4,7 @@ checks what we ask for; this checks what we got."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -212,9 +213,17 @@ def test_environment_carries_no_host_secrets(hub, spawned):
     assert not [k for k in env if k.startswith("DOCKER")]
     values = "\n".join(env.values())
     for secret in (hub.state / "secrets").iterdir():  # cookie secret, proxy token, audit keys
-        if not secret.read_text().strip():
+        raw = secret.read_bytes().strip()
+        if not raw:
             continue  # a lock file (.mfa.lock) holds nothing to leak, and "" is in every string
-        assert secret.read_text().strip() not in values, f"{secret.name} is in the container's environment"
+        # Text secrets as they are; binary keys (mfa_key) in the spellings an environment could carry them.
+        spellings = {raw.hex(), base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+        try:
+            spellings.add(raw.decode())
+        except UnicodeDecodeError:
+            pass
+        for spelling in spellings:
+            assert spelling not in values, f"{secret.name} is in the container's environment"
 
 
 # ---- the same, as the kernel enforces it inside ------------------------------------------------------
