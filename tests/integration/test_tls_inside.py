@@ -9,6 +9,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 
@@ -30,22 +31,29 @@ SERVER_PORT = 8888  # DockerSpawner's port inside the container
 
 @contextmanager
 def capture(interface: str):
-    """Debian's tcpdump on ``interface``; yields a list that holds the TCP segments with payload afterwards."""
+    """Debian's tcpdump on ``interface``; yields a list that holds the TCP segments with payload afterwards.
+
+    Its output is read as it comes (a full pipe would stall tcpdump, and what the kernel still holds when it
+    is stopped is lost), and --immediate-mode hands it each packet at once rather than in blocks."""
     proc = subprocess.Popen(
-        ["tcpdump", "-i", interface, "-U", "-n", "-w", "-", "tcp"],
+        ["tcpdump", "-i", interface, "--immediate-mode", "-U", "-n", "-w", "-", "tcp"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(65536), b"")), daemon=True)
+    reader.start()
     segments: list[tuple[str, int, str, int, bytes]] = []
     try:
         line = proc.stderr.readline().decode()  # "listening on <if>, ..." once it captures
         assert "listening on" in line, f"tcpdump did not start on {interface}: {line}"
         yield segments
     finally:
-        time.sleep(0.5)
+        time.sleep(1.5)
         proc.send_signal(signal.SIGINT)
-        data, _ = proc.communicate(timeout=30)
-    segments.extend(tcp_payloads(data))
+        proc.wait(timeout=30)
+        reader.join(timeout=30)
+    segments.extend(tcp_payloads(b"".join(chunks)))
 
 
 def tcp_payloads(pcap: bytes):
