@@ -121,20 +121,37 @@ def ensure_reader(directory: Path, port: int, base_dn: str) -> None:
     if not pw_file.exists():
         _write(pw_file, base64.urlsafe_b64encode(os.urandom(24)).rstrip(b"=") + b"\n")
     password = pw_file.read_text().strip()
-    ldif = (f"dn: ou=services,{base_dn}\nchangetype: add\nobjectClass: organizationalUnit\nou: services\n\n"
-            f"dn: {reader_dn(base_dn)}\nchangetype: add\nobjectClass: organizationalRole\n"
-            f"objectClass: simpleSecurityObject\ncn: enclave-reader\nuserPassword: {ssha(password)}\n"
-            "description: read-only account of the research enclave hub (hub/accreditation.py)\n\n"
-            f"dn: {reader_dn(base_dn)}\nchangetype: modify\nreplace: userPassword\n"
-            f"userPassword: {ssha(password)}\n")
+    ldif = (
+        f"dn: ou=services,{base_dn}\nchangetype: add\nobjectClass: organizationalUnit\nou: services\n\n"
+        f"dn: {reader_dn(base_dn)}\nchangetype: add\nobjectClass: organizationalRole\n"
+        f"objectClass: simpleSecurityObject\ncn: enclave-reader\nuserPassword: {ssha(password)}\n"
+        "description: read-only account of the research enclave hub (hub/accreditation.py)\n\n"
+        f"dn: {reader_dn(base_dn)}\nchangetype: modify\nreplace: userPassword\n"
+        f"userPassword: {ssha(password)}\n"
+    )
     env = dict(os.environ, LDAPTLS_CACERT=str(directory / "ca.pem"))
     # -y: the root password from its file, never on a command line that `ps` shows
-    result = subprocess.run(["ldapmodify", "-c", "-x", "-ZZ", "-H", f"ldap://127.0.0.1:{port}/",
-                             "-D", f"cn=admin,{base_dn}", "-y", str(directory / "rootpw")], input=ldif, text=True,
-                            env=env, capture_output=True, check=False)
+    result = subprocess.run(
+        [
+            "ldapmodify",
+            "-c",
+            "-x",
+            "-ZZ",
+            "-H",
+            f"ldap://127.0.0.1:{port}/",
+            "-D",
+            f"cn=admin,{base_dn}",
+            "-y",
+            str(directory / "rootpw"),
+        ],
+        input=ldif,
+        text=True,
+        env=env,
+        capture_output=True,
+        check=False,
+    )
     if "modifying entry" not in result.stdout or result.returncode not in (0, 68):  # 68: already exists
         raise SystemExit(f"cannot create the directory reader {reader_dn(base_dn)}: {result.stderr.strip()}")
-
 
 
 def seed_ldif(seed: dict) -> str:
@@ -157,7 +174,9 @@ def seed_ldif(seed: dict) -> str:
         members = [u["uid"] for u in seed["users"] if group in u.get("groups", [])]
         # groupOfNames needs at least one member; the base DN stands in for "nobody".
         member_lines = "\n".join(f"member: uid={m},ou=people,{base}" for m in members) or f"member: {base}"
-        entries.append(f"dn: cn={group},ou=groups,{base}\nobjectClass: groupOfNames\ncn: {group}\n{member_lines}")
+        entries.append(
+            f"dn: cn={group},ou=groups,{base}\nobjectClass: groupOfNames\ncn: {group}\n{member_lines}"
+        )
     return "\n\n".join(entries) + "\n"
 
 

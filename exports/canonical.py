@@ -162,7 +162,9 @@ def first_refused(text: str, allowed: str = "") -> tuple[int, str] | None:
         return None
     at = min(offsets)
     reason = why_refused(text[at]) or (
-        "a control character" if text[at] in "\t\n\r" else f"more than {MAX_COMBINING_RUN} stacked combining marks"
+        "a control character"
+        if text[at] in "\t\n\r"
+        else f"more than {MAX_COMBINING_RUN} stacked combining marks"
     )
     return at, f"{describe(text[at])}: {reason}"
 
@@ -177,12 +179,15 @@ def _combining_run(text: str, distinct: set[str]) -> int | None:
 
 def _decode(data: bytes, filetype: str, label: str) -> str:
     if data.startswith(PNG_MAGIC):
-        raise NotCanonical(f"{label}: the bytes are a PNG image; they do not match .{filetype}", "content_mismatch")
+        raise NotCanonical(
+            f"{label}: the bytes are a PNG image; they do not match .{filetype}", "content_mismatch"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise NotCanonical(
-            f"{label}: not UTF-8 text (byte {exc.start}); a .{filetype} file must be UTF-8 text", "content_mismatch"
+            f"{label}: not UTF-8 text (byte {exc.start}); a .{filetype} file must be UTF-8 text",
+            "content_mismatch",
         ) from None
     text = text.removeprefix("\ufeff")
     if not unicodedata.is_normalized("NFC", text):
@@ -224,7 +229,9 @@ def _table(text: str, sep: str, limits: Limits, label: str) -> bytes:
                 "canonical_cap",
             )
     out = io.StringIO()
-    csv.writer(out, delimiter=sep, quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator="\n").writerows(rows)
+    csv.writer(out, delimiter=sep, quotechar='"', quoting=csv.QUOTE_MINIMAL, lineterminator="\n").writerows(
+        rows
+    )
     return out.getvalue().encode("utf-8")
 
 
@@ -249,7 +256,9 @@ def _already_canonical(text: str, sep: str, limits: Limits) -> bytes | None:
     if any(line.count(sep) != width for line in lines):
         return None
     if max(map(len, lines)) > limits.max_cell_chars and any(
-        max(map(len, line.split(sep))) > limits.max_cell_chars for line in lines if len(line) > limits.max_cell_chars
+        max(map(len, line.split(sep))) > limits.max_cell_chars
+        for line in lines
+        if len(line) > limits.max_cell_chars
     ):
         return None
     return text.encode("utf-8")
@@ -264,7 +273,11 @@ def _needs_squash(text: str, sep: str) -> bool:
 
 def _squash(cell: str) -> str:
     """A cell as a page shows it: no leading or trailing spaces, no runs of spaces."""
-    return " ".join(part for part in cell.split(" ") if part) if "  " in cell or cell != cell.strip(" ") else cell
+    return (
+        " ".join(part for part in cell.split(" ") if part)
+        if "  " in cell or cell != cell.strip(" ")
+        else cell
+    )
 
 
 def _rows(text: str, sep: str, limits: Limits, label: str) -> tuple[list[list[str]], bool]:
@@ -283,7 +296,9 @@ def _rows(text: str, sep: str, limits: Limits, label: str) -> tuple[list[list[st
                     "canonical_cap",
                 )
     except csv.Error as exc:
-        raise NotCanonical(f"{label}: not a valid table at line {reader.line_num}: {exc}", "not_canonical") from None
+        raise NotCanonical(
+            f"{label}: not a valid table at line {reader.line_num}: {exc}", "not_canonical"
+        ) from None
     return rows, reader.line_num != len(rows) + blank
 
 
@@ -403,9 +418,13 @@ def _json(text: str, limits: Limits, label: str) -> bytes:
         raise NotCanonical(f"{label}: JSON cannot be read ({str(exc)[:120]})", "not_canonical") from None
     _check_json(value, limits, label)
     try:
-        out = json.dumps(value, sort_keys=True, indent=1, separators=(",", ": "), ensure_ascii=False, allow_nan=False)
+        out = json.dumps(
+            value, sort_keys=True, indent=1, separators=(",", ": "), ensure_ascii=False, allow_nan=False
+        )
     except ValueError:
-        raise NotCanonical(f"{label}: a number is out of range for JSON (it reads as infinity)", "not_canonical") from None
+        raise NotCanonical(
+            f"{label}: a number is out of range for JSON (it reads as infinity)", "not_canonical"
+        ) from None
     return _size_capped((out + "\n").encode("utf-8"), limits, label)
 
 
@@ -417,7 +436,8 @@ def _check_json(value: Any, limits: Limits, label: str) -> None:
         item, depth, path = stack.pop()
         if depth > limits.max_json_depth:
             raise NotCanonical(
-                f"{label}: {path}: nested deeper than the site's cap of {limits.max_json_depth}", "canonical_cap"
+                f"{label}: {path}: nested deeper than the site's cap of {limits.max_json_depth}",
+                "canonical_cap",
             )
         if isinstance(item, dict):
             for key, child in item.items():

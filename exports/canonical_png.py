@@ -26,7 +26,8 @@ CANONICAL_CHUNKS = frozenset({"IHDR", "IDAT", "IEND"})
 def canonical_png(data: bytes, limits: Limits, label: str) -> bytes:
     if not data.startswith(PNG_MAGIC):
         raise NotCanonical(
-            f"{label}: the bytes are not a PNG image (no PNG signature); they do not match .png", "content_mismatch"
+            f"{label}: the bytes are not a PNG image (no PNG signature); they do not match .png",
+            "content_mismatch",
         )
     image = _decode(data, limits, label)
     out = io.BytesIO()
@@ -34,7 +35,9 @@ def canonical_png(data: bytes, limits: Limits, label: str) -> bytes:
     canonical = out.getvalue()
     chunks = set(sdc_png.parse_png(canonical, label).chunk_types)
     if not chunks <= CANONICAL_CHUNKS:  # never release a chunk we did not mean to write
-        raise NotCanonical(f"{label}: the re-encoded image has chunks {sorted(chunks)}; refused", "not_canonical")
+        raise NotCanonical(
+            f"{label}: the re-encoded image has chunks {sorted(chunks)}; refused", "not_canonical"
+        )
     return canonical
 
 
@@ -52,7 +55,13 @@ def _decode(data: bytes, limits: Limits, label: str) -> Image.Image:
                 return _pixels(image)
     except NotCanonical:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise NotCanonical(f"{label}: the PNG image cannot be decoded ({exc})", "content_mismatch") from None
 
 

@@ -87,7 +87,10 @@ def _schemas() -> dict[str, Any]:
             version={"type": "integer"},
             sha256=STR,
             size={"type": "integer"},
-            original_sha256={"type": ["string", "null"], "description": "the file as named, before canonical form"},
+            original_sha256={
+                "type": ["string", "null"],
+                "description": "the file as named, before canonical form",
+            },
             original_size={"type": ["integer", "null"]},
             role=STR,
             group=STR,

@@ -27,8 +27,11 @@ def hub_tls_context():
         return None
     from jupyterhub.utils import make_ssl_context
 
-    return make_ssl_context(os.environ["JUPYTERHUB_SSL_KEYFILE"], os.environ["JUPYTERHUB_SSL_CERTFILE"],
-                            cafile=os.environ.get("JUPYTERHUB_SSL_CLIENT_CA"))
+    return make_ssl_context(
+        os.environ["JUPYTERHUB_SSL_KEYFILE"],
+        os.environ["JUPYTERHUB_SSL_CERTFILE"],
+        cafile=os.environ.get("JUPYTERHUB_SSL_CLIENT_CA"),
+    )
 
 
 class HubImageDigests:

@@ -105,9 +105,7 @@ def _result(findings: list[Location], total: int, details: dict[str, Any], what:
 
 
 def column_medians(frame: pl.DataFrame) -> dict[str, float]:
-    return {
-        name: float(frame[name].fill_null("").str.len_chars().median() or 0.0) for name in frame.columns
-    }
+    return {name: float(frame[name].fill_null("").str.len_chars().median() or 0.0) for name in frame.columns}
 
 
 def _table(data: bytes, sep: str) -> CheckResult:
@@ -200,7 +198,9 @@ def _image(data: bytes) -> CheckResult:
     if ratio <= NOISE_RATIO:
         return CheckResult("capacity", "Carrying capacity", CheckOutcome.PASS, f"{what}; flat areas are flat",
                            (), 0, details)  # fmt: skip
-    finding = Location(1, "pixels", f"{ratio:.0%} of neighbouring pixels differ by one or two steps", "low-order-bit noise")
+    finding = Location(
+        1, "pixels", f"{ratio:.0%} of neighbouring pixels differ by one or two steps", "low-order-bit noise"
+    )
     return CheckResult(
         "capacity",
         "Carrying capacity",
@@ -220,4 +220,3 @@ def _distinct_colours(samples: Any) -> int:
     for c in range(1, samples.shape[2]):
         packed = packed * 256 + samples[..., c]
     return int(np.count_nonzero(np.bincount(packed.ravel(), minlength=1)))
-

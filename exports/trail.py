@@ -57,25 +57,41 @@ def sidedoor(identity: Any, body: dict[str, Any]) -> dict[str, Any]:
     route = clip(str(body.get("route", "")) or "unknown")
     server = f"{identity.name}/{identity.project}"
     return {
-        "actor": identity.name, "source": server, "action": "sidedoor.refused", "reason": route_kind(route),
-        "project": identity.project, "target": server,
-        "details": {"route": route, "path": clip(str(body.get("path", ""))), "server": server,
-                 "identified_by": "the server's own token"},
+        "actor": identity.name,
+        "source": server,
+        "action": "sidedoor.refused",
+        "reason": route_kind(route),
+        "project": identity.project,
+        "target": server,
+        "details": {
+            "route": route,
+            "path": clip(str(body.get("path", ""))),
+            "server": server,
+            "identified_by": "the server's own token",
+        },
     }
 
 
 def queue_from_container(identity: Any) -> dict[str, Any]:
     server = f"{identity.name}/{identity.project}"
     return {
-        "actor": identity.name, "source": server, "action": "export.refused", "reason": "queue_from_container",
-        "project": identity.project, "target": None,
+        "actor": identity.name,
+        "source": server,
+        "action": "export.refused",
+        "reason": "queue_from_container",
+        "project": identity.project,
+        "target": None,
         "details": {"attempted": "export.queue", "via": identity.via, "server": server},
     }
 
 
 def raw_content_refused(identity: Any, project: str, request_id: str, file_id: str) -> dict[str, Any]:
     return {
-        "actor": identity.name, "source": identity.name, "action": "export.refused", "reason": "not_served_raw",
-        "project": project, "target": request_id,
+        "actor": identity.name,
+        "source": identity.name,
+        "action": "export.refused",
+        "reason": "not_served_raw",
+        "project": project,
+        "target": request_id,
         "details": {"attempted": "export.view", "file_id": clip(file_id, 20), "via": identity.via},
     }

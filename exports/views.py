@@ -81,7 +81,9 @@ def blinded(viewer: Identity, request: ExportRequest) -> bool:
 def history_view(request: ExportRequest, viewer: Identity) -> list[dict[str, Any]]:
     """The status moves. In an open round, a move caused by someone else's review (the only moves an open
     round can have after its submission) keeps its place but loses its actor, time and reason."""
-    opened = max((i for i, h in enumerate(request.history) if h.to_status is RequestStatus.SUBMITTED), default=-1)
+    opened = max(
+        (i for i, h in enumerate(request.history) if h.to_status is RequestStatus.SUBMITTED), default=-1
+    )
     hide = blinded(viewer, request)
     shown = []
     for i, h in enumerate(request.history):

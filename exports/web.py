@@ -206,9 +206,13 @@ class BaseHandler(HubOAuthenticated, SecurityHeaders):
         """A cookie-authenticated POST without this session's token: refuse it, and put it on the trail
         under the user whose browser sent it (the victim of a forged form, or a stale page)."""
         cookie = self.hub_auth._get_token_cookie(self)
-        model = await self.hub_auth.user_for_token(
-            cookie, session_id=self.hub_auth.get_session_id(self), sync=False
-        ) if cookie else None
+        model = (
+            await self.hub_auth.user_for_token(
+                cookie, session_id=self.hub_auth.get_session_id(self), sync=False
+            )
+            if cookie
+            else None
+        )
         message = (
             f"{self.request.method} {self.request.path}: the form's _xsrf token is missing or not this "
             "session's (a stale page, or a form from another site); reload the page and try again"
@@ -412,7 +416,9 @@ def own_review(request: Any, identity: Identity) -> Any:
     return next((r for r in request.reviews_in_round() if r.reviewer == identity.name), None)
 
 
-def review_already_saved(workflow: ExportWorkflow, identity: Identity, request_id: str, body: dict[str, Any]) -> bool:
+def review_already_saved(
+    workflow: ExportWorkflow, identity: Identity, request_id: str, body: dict[str, Any]
+) -> bool:
     """True if this checker's review of the current round is saved with the verdict being posted again."""
     try:
         request = workflow._visible(identity, request_id)  # unrecorded: perform() records any refusal
@@ -539,7 +545,9 @@ class SideDoorAPI(APIHandler):
     async def post(self) -> None:
         identity = self.require()
         if not identity.in_container:
-            raise ExportHTTPError(403, "not_container", "only a notebook server's own token reports side doors")
+            raise ExportHTTPError(
+                403, "not_container", "only a notebook server's own token reports side doors"
+            )
         entry = trail.sidedoor(identity, self.body())
         written = await trail.record(self.settings["executor"], self.workflow.refused, **entry)
         self.send({"recorded": True, "aggregated": not written}, status=201)
@@ -668,7 +676,9 @@ class RequestPage(PageHandler):
         request = await self.run(self.workflow.view, identity, request_id)
         view = request_view(request, identity, self.projects.get(request.project), self.base)
         previews = await self.run(self._previews, identity, request)
-        self.render_page("request.html", r=view, previews=previews, saved=self._saved_notice(identity, request))
+        self.render_page(
+            "request.html", r=view, previews=previews, saved=self._saved_notice(identity, request)
+        )
 
     def _saved_notice(self, identity: Identity, request: Any) -> str | None:
         """After a review form was posted again (the first answer was lost, e.g. to a service restart): say
@@ -709,7 +719,9 @@ class RequestFormAction(PageHandler):
     async def post(self, request_id: str, action: str) -> None:
         identity = self.require()
         body = form_body(self, action)
-        if action == "review" and await self.run(review_already_saved, self.workflow, identity, request_id, body):
+        if action == "review" and await self.run(
+            review_already_saved, self.workflow, identity, request_id, body
+        ):
             # The same review posted again: the first one was saved, its answer lost (a service restart
             # answers 503). Show the saved state instead of refusing a second review (issue 19).
             self.redirect(f"{self.base}requests/{request_id}?saved=review")

@@ -77,9 +77,11 @@ class AuditUnavailable(web.HTTPError):
     """An action that grants access was refused because its audit record could not be written first."""
 
     def __init__(self, what: str) -> None:
-        message = (f"You cannot {what} right now: the enclave cannot write its audit trail (the disk is "
-                   "probably full), and nothing that grants access happens without its record. Your running "
-                   "work is not affected. Please tell the operator (enclave doctor names the problem).")
+        message = (
+            f"You cannot {what} right now: the enclave cannot write its audit trail (the disk is "
+            "probably full), and nothing that grants access happens without its record. Your running "
+            "work is not affected. Please tell the operator (enclave doctor names the problem)."
+        )
         super().__init__(503, message)
         self.jupyterhub_message = message  # JupyterHub shows only messages marked as meant for users
         self.reason_text = message
@@ -104,20 +106,36 @@ def audit_request(handler, state_dir: str) -> None:
         return  # not a stop
     user = handler.find_user(match["user"])
     spawner = user.spawners.get(match["server"]) if user is not None else None
-    digest = (getattr(request, "enclave_stopped_digest", "") or getattr(spawner, "image_digest", "")
-              or "unknown")
+    digest = (
+        getattr(request, "enclave_stopped_digest", "") or getattr(spawner, "image_digest", "") or "unknown"
+    )
     target = f"{match['user']}/{match['server']}"
     log = runtime.audit_log(state_dir)
     actor = f"service:{who.name}" if getattr(who, "kind", "user") == "service" else who.name
     if getattr(who, "kind", "") == "service" and who.name == CULLER:
-        log.append_or_spool(actor=actor, action="server.cull", project=match["server"],
-                            target=target, details={"image_digest": digest, "reason": "idle"})
+        log.append_or_spool(
+            actor=actor,
+            action="server.cull",
+            project=match["server"],
+            target=target,
+            details={"image_digest": digest, "reason": "idle"},
+        )
     elif getattr(who, "kind", "user") == "user" and who.name == match["user"]:
-        log.append_or_spool(actor=who.name, action="server.stop", project=match["server"],
-                            target=target, details={"image_digest": digest})
+        log.append_or_spool(
+            actor=who.name,
+            action="server.stop",
+            project=match["server"],
+            target=target,
+            details={"image_digest": digest},
+        )
     else:  # an administrator or a service stopped someone else's server: name who did it
-        log.append_or_spool(actor=actor, action="server.stop", project=match["server"],
-                            target=target, details={"image_digest": digest, "stopped_by": actor})
+        log.append_or_spool(
+            actor=actor,
+            action="server.stop",
+            project=match["server"],
+            target=target,
+            details={"image_digest": digest, "stopped_by": actor},
+        )
 
 
 @cache
@@ -175,7 +193,9 @@ def _has_xsrf(handler) -> bool:
     headers = handler.request.headers
     if headers.get("Authorization"):
         return True
-    return bool(handler.get_argument("_xsrf", None) or headers.get("X-Xsrftoken") or headers.get("X-Csrftoken"))
+    return bool(
+        handler.get_argument("_xsrf", None) or headers.get("X-Xsrftoken") or headers.get("X-Csrftoken")
+    )
 
 
 def audit_refusal(handler, state_dir: str) -> None:
@@ -191,7 +211,11 @@ def audit_refusal(handler, state_dir: str) -> None:
         actor, how = f"address:{handler.request.remote_ip}", "source address: not logged in"
     project = target.split("/", 1)[1] if target and "/" in target else None
     refusals(state_dir).refuse(
-        actor=actor, action="hub.refused", reason=reason, project=project or None, target=target,
+        actor=actor,
+        action="hub.refused",
+        reason=reason,
+        project=project or None,
+        target=target,
         details={"route": route, "status": handler.get_status(), "identified_by": how},
     )
 
@@ -205,7 +229,10 @@ def audited_log_function(state_dir: str):
             audit_request(handler, state_dir)
             audit_refusal(handler, state_dir)
         except Exception:  # an audit failure must be loud, but must not turn a served request into a 500
-            log.exception("enclave: could not write the audit record for %s %s",
-                          handler.request.method, handler.request.path)
+            log.exception(
+                "enclave: could not write the audit record for %s %s",
+                handler.request.method,
+                handler.request.path,
+            )
 
     return log_function

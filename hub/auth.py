@@ -93,16 +93,41 @@ def enclave_roles() -> list[dict]:
     return [
         {
             "name": "user",  # JupyterHub's default role for every user: narrowed from 'self'
-            "scopes": ["read:users:name!user", "read:users:groups!user", "read:servers!user",
-                       "servers!user", "access:servers!user", "users:activity!user", "tokens!user"],
+            "scopes": [
+                "read:users:name!user",
+                "read:users:groups!user",
+                "read:servers!user",
+                "servers!user",
+                "access:servers!user",
+                "users:activity!user",
+                "tokens!user",
+            ],
         },
-        {"name": "enclave-researcher", "groups": [RESEARCHERS],
-         "scopes": ["custom:exports:request", "access:services!service=exports"]},
-        {"name": "enclave-checker", "groups": [CHECKERS],
-         "scopes": ["custom:exports:review", "access:services!service=exports"]},
-        {"name": "enclave-admin", "groups": [ADMINS],
-         "scopes": ["admin-ui", "list:users", "read:users", "read:servers", "delete:servers",
-                    "read:groups", "list:services", "custom:exports:audit", "access:services!service=exports"]},
+        {
+            "name": "enclave-researcher",
+            "groups": [RESEARCHERS],
+            "scopes": ["custom:exports:request", "access:services!service=exports"],
+        },
+        {
+            "name": "enclave-checker",
+            "groups": [CHECKERS],
+            "scopes": ["custom:exports:review", "access:services!service=exports"],
+        },
+        {
+            "name": "enclave-admin",
+            "groups": [ADMINS],
+            "scopes": [
+                "admin-ui",
+                "list:users",
+                "read:users",
+                "read:servers",
+                "delete:servers",
+                "read:groups",
+                "list:services",
+                "custom:exports:audit",
+                "access:services!service=exports",
+            ],
+        },
     ]
 
 
@@ -135,7 +160,8 @@ class AuditedLogoutHandler(LogoutHandler):
         if user is not None:
             # The logout happened (the cookie is gone): on a full disk its record goes to the spool.
             runtime.audit_log(self.authenticator.state_dir).append_or_spool(
-                actor=user.name, action="auth.logout", details={"tokens_revoked": tokens})
+                actor=user.name, action="auth.logout", details={"tokens_revoked": tokens}
+            )
 
 
 class MfaEnrolHandler(BaseHandler):
@@ -163,8 +189,14 @@ class MfaEnrolHandler(BaseHandler):
     async def _page(self, uid: str, secret: str, error: str = "") -> str:
         uri = provisioning_uri(secret, uid)
         self.set_header("Cache-Control", "no-store")  # the page shows the secret: never kept by a cache
-        return await self.render_template("mfa_enrol.html", uid=uid, qr_svg=qr_svg(uri), secret=secret,
-                                          error=error, xsrf=self.xsrf_token.decode("ascii"))
+        return await self.render_template(
+            "mfa_enrol.html",
+            uid=uid,
+            qr_svg=qr_svg(uri),
+            secret=secret,
+            error=error,
+            xsrf=self.xsrf_token.decode("ascii"),
+        )
 
     async def post(self):
         auth: EnclaveAuthenticator = self.authenticator
@@ -180,8 +212,11 @@ class MfaEnrolHandler(BaseHandler):
             if verdict.outcome != Outcome.FAILED:
                 raise web.HTTPError(403, "Too many wrong codes for this enrolment. Log in again.")
             self.set_status(400)
-            return self.finish(await self._page(uid, found[0], "That code is not right. Check the app's clock "
-                                                                "and enter the current code."))
+            return self.finish(
+                await self._page(
+                    uid, found[0], "That code is not right. Check the app's clock and enter the current code."
+                )
+            )
         auth.record_mfa(uid, "enrol")
         groups = found[1].get("groups", [])
         auth.record(uid, "ok", "password verified by LDAP; second factor enrolled", groups)
@@ -195,9 +230,9 @@ class MfaEnrolHandler(BaseHandler):
 class EnclaveAuthenticator(LDAPAuthenticator):
     """LDAPAuthenticator that admits only members of the enclave groups, and audits every attempt."""
 
-    state_dir = Unicode(help="The enclave state directory, whose audit trail receives auth.login records.").tag(
-        config=True
-    )
+    state_dir = Unicode(
+        help="The enclave state directory, whose audit trail receives auth.login records."
+    ).tag(config=True)
 
     @default("state_dir")
     def _state_dir_default(self):
@@ -224,54 +259,61 @@ class EnclaveAuthenticator(LDAPAuthenticator):
         8.0, help="The longest delay, in seconds: long enough to slow guessing, short enough for a person."
     ).tag(config=True)
     login_user_lockout_after = Int(
-        10, help="Failed logins for one username, within the window, that lock it out for a while. While "
-        "locked, even the correct password is refused, so guessing gains nothing."
+        10,
+        help="Failed logins for one username, within the window, that lock it out for a while. While "
+        "locked, even the correct password is refused, so guessing gains nothing.",
     ).tag(config=True)
     login_source_lockout_after = Int(
-        50, help="Failed logins from one address, within the window, that lock that address out. Higher "
-        "than the per-user limit because an address may be shared (NAT, a proxy)."
+        50,
+        help="Failed logins from one address, within the window, that lock that address out. Higher "
+        "than the per-user limit because an address may be shared (NAT, a proxy).",
     ).tag(config=True)
-    login_lockout_seconds = Float(
-        900.0, help="How long a lockout lasts, in seconds."
-    ).tag(config=True)
+    login_lockout_seconds = Float(900.0, help="How long a lockout lasts, in seconds.").tag(config=True)
     login_throttle_max_tracked = Int(
-        10_000, help="Usernames and addresses remembered at most (each); the oldest are forgotten first, "
-        "so a spray of invented names cannot grow the hub's memory."
+        10_000,
+        help="Usernames and addresses remembered at most (each); the oldest are forgotten first, "
+        "so a spray of invented names cannot grow the hub's memory.",
     ).tag(config=True)
     login_refusal_window = Float(
-        60.0, help="Seconds over which repeated refused logins from one source become one audit record with "
-        "a count, so a guessing flood cannot flood the trail."
+        60.0,
+        help="Seconds over which repeated refused logins from one source become one audit record with "
+        "a count, so a guessing flood cannot flood the trail.",
     ).tag(config=True)
 
     mfa_lockout_after = Int(
-        5, help="Wrong one-time codes in a row that lock a user's second factor (site.yaml mfa.lockout_after)."
+        5,
+        help="Wrong one-time codes in a row that lock a user's second factor (site.yaml mfa.lockout_after).",
     ).tag(config=True)
     mfa_lockout_seconds = Float(
         300.0, help="How long the second factor stays locked after too many wrong codes, in seconds."
     ).tag(config=True)
     reader_bind_dn = Unicode(
-        "", help="The directory's read-only service account (site.yaml ldap.bind_dn). Without it, accreditation "
-        "is read only at login and a revocation waits for the next one."
+        "",
+        help="The directory's read-only service account (site.yaml ldap.bind_dn). Without it, accreditation "
+        "is read only at login and a revocation waits for the next one.",
     ).tag(config=True)
     reader_password_file = Unicode(help="File holding the read-only account's password.").tag(config=True)
-    groups_base = Unicode(help="Where the enclave groups live in the directory (site.yaml ldap.groups_base).").tag(
-        config=True
-    )
+    groups_base = Unicode(
+        help="Where the enclave groups live in the directory (site.yaml ldap.groups_base)."
+    ).tag(config=True)
     user_dn_template = Unicode(help="A user's DN, with {username} (site.yaml ldap.user_dn_template).").tag(
         config=True
     )
     ca_file = Unicode(help="The CA that signs the directory's certificate.").tag(config=True)
     outage_grace_seconds = Float(
-        900.0, help="While the directory is unreachable, existing sessions continue this long (new logins "
-        "and spawns are refused at once): an outage must not end a day's analysis, nor last for ever."
+        900.0,
+        help="While the directory is unreachable, existing sessions continue this long (new logins "
+        "and spawns are refused at once): an outage must not end a day's analysis, nor last for ever.",
     ).tag(config=True)
     outage_retry_seconds = Float(
-        10.0, help="After a failed directory check, answer from that failure for this long instead of waiting "
-        "for another connect timeout on every request."
+        10.0,
+        help="After a failed directory check, answer from that failure for this long instead of waiting "
+        "for another connect timeout on every request.",
     ).tag(config=True)
     idle_logout_seconds = Float(
-        3600.0, help="A browser session with no request for this long must log in again (site.yaml "
-        "session.idle_logout_minutes)."
+        3600.0,
+        help="A browser session with no request for this long must log in again (site.yaml "
+        "session.idle_logout_minutes).",
     ).tag(config=True)
     require_mfa = Bool(True, help="Ask for the second factor. Only tests of other parts switch it off.").tag(
         config=True
@@ -311,37 +353,55 @@ class EnclaveAuthenticator(LDAPAuthenticator):
     @property
     def mfa(self) -> MfaStore:
         if self._mfa is None:
-            self._mfa = MfaStore(self.state_dir, MfaSettings(self.mfa_lockout_after, self.mfa_lockout_seconds))
+            self._mfa = MfaStore(
+                self.state_dir, MfaSettings(self.mfa_lockout_after, self.mfa_lockout_seconds)
+            )
         return self._mfa
 
     @property
     def reader(self) -> AccreditationReader:
         from hub.policy import LdapSettings
 
-        return AccreditationReader(LdapSettings(
-            server_address=self.server_address, server_port=self.server_port, tls_strategy=self.tls_strategy.name,
-            ca_file=self.ca_file or None, user_dn_template=self.user_dn_template, groups_base=self.groups_base,
-            bind_dn=self.reader_bind_dn or None, bind_password_file=self.reader_password_file or None,
-        ))
+        return AccreditationReader(
+            LdapSettings(
+                server_address=self.server_address,
+                server_port=self.server_port,
+                tls_strategy=self.tls_strategy.name,
+                ca_file=self.ca_file or None,
+                user_dn_template=self.user_dn_template,
+                groups_base=self.groups_base,
+                bind_dn=self.reader_bind_dn or None,
+                bind_password_file=self.reader_password_file or None,
+            )
+        )
 
     @property
     def throttle(self) -> LoginThrottle:
         if self._throttle is None:
-            self._throttle = LoginThrottle(ThrottleSettings(
-                window=self.login_failure_window, free_failures=self.login_free_failures,
-                base_delay=self.login_delay_base, max_delay=self.login_delay_max,
-                user_lockout_after=self.login_user_lockout_after,
-                source_lockout_after=self.login_source_lockout_after,
-                lockout_seconds=self.login_lockout_seconds, max_tracked=self.login_throttle_max_tracked,
-            ))
+            self._throttle = LoginThrottle(
+                ThrottleSettings(
+                    window=self.login_failure_window,
+                    free_failures=self.login_free_failures,
+                    base_delay=self.login_delay_base,
+                    max_delay=self.login_delay_max,
+                    user_lockout_after=self.login_user_lockout_after,
+                    source_lockout_after=self.login_source_lockout_after,
+                    lockout_seconds=self.login_lockout_seconds,
+                    max_tracked=self.login_throttle_max_tracked,
+                )
+            )
         return self._throttle
 
     @property
     def refusals(self) -> RefusalAggregator:
         """Refused logins, aggregated per source; summaries are flushed by a timer and at exit."""
         if self._refusals is None:
-            self._refusals = RefusalAggregator(runtime.audit_log(self.state_dir), window=self.login_refusal_window)
-            flusher = ioloop.PeriodicCallback(self._refusals.flush_due, min(10.0, self.login_refusal_window) * 1000)
+            self._refusals = RefusalAggregator(
+                runtime.audit_log(self.state_dir), window=self.login_refusal_window
+            )
+            flusher = ioloop.PeriodicCallback(
+                self._refusals.flush_due, min(10.0, self.login_refusal_window) * 1000
+            )
             flusher.start()
             atexit.register(self._refusals.flush_all)
         return self._refusals
@@ -355,22 +415,36 @@ class EnclaveAuthenticator(LDAPAuthenticator):
                 actor=clip(username, 128) or "(blank)", action="auth.login", outcome=outcome, details=details
             )
         except AuditWriteError as exc:  # no login without its record: refuse, and say why (issue 19)
-            self.log.error("login of %s refused: the audit trail cannot be written: %s", clip(username, 128), exc)
+            self.log.error(
+                "login of %s refused: the audit trail cannot be written: %s", clip(username, 128), exc
+            )
             raise AuditUnavailable("log in") from exc
 
     def record_mfa(self, uid: str, event: str, outcome: str = "ok", **details) -> None:
         try:
-            runtime.audit_log(self.state_dir).append(actor=clip(uid, 128), action="auth.mfa", target=clip(uid, 128),
-                                                     outcome=outcome, details={"event": event, **details})
+            runtime.audit_log(self.state_dir).append(
+                actor=clip(uid, 128),
+                action="auth.mfa",
+                target=clip(uid, 128),
+                outcome=outcome,
+                details={"event": event, **details},
+            )
         except AuditWriteError as exc:  # as record(): no second-factor step without its record
-            self.log.error("second factor of %s refused: the audit trail cannot be written: %s", clip(uid, 128), exc)
+            self.log.error(
+                "second factor of %s refused: the audit trail cannot be written: %s", clip(uid, 128), exc
+            )
             raise AuditUnavailable("log in") from exc
 
     def refuse(self, username: str, source: str, reason: str, **details) -> None:
         """A refused login on the trail, aggregated per (name, address) and reason."""
         name = username or "(blank)"  # the aggregator clips and escapes actor and source itself
-        self.refusals.refuse(actor=name, action="auth.login", reason=reason, source=f"{name} from {source}",
-                             details={"source": clip(source, 64), **details})
+        self.refusals.refuse(
+            actor=name,
+            action="auth.login",
+            reason=reason,
+            source=f"{name} from {source}",
+            details={"source": clip(source, 64), **details},
+        )
 
     async def authenticate(self, handler, data):
         username = str((data or {}).get("username", ""))
@@ -389,15 +463,20 @@ class EnclaveAuthenticator(LDAPAuthenticator):
             standing = await self._standing(model["name"], for_login=True)
         except DirectoryUnreachable as exc:
             self.record(model["name"], "error", "directory unreachable (reader)")
-            raise web.HTTPError(503, f"The login directory cannot be read now ({exc}). Try again later "
-                                     "or tell the operator.") from exc
+            raise web.HTTPError(
+                503, f"The login directory cannot be read now ({exc}). Try again later or tell the operator."
+            ) from exc
         if standing is not None and standing.refusal():
             self.record(model["name"], "denied", f"directory: {standing.refusal()}")
             return None
         if self.require_mfa and not await self._second_factor(handler, model["name"], data, groups, source):
             return None
-        self.record(model["name"], "ok", "password and second factor verified" if self.require_mfa
-                    else "password verified by LDAP", groups)
+        self.record(
+            model["name"],
+            "ok",
+            "password and second factor verified" if self.require_mfa else "password verified by LDAP",
+            groups,
+        )
         self._seen[model["name"]] = time.monotonic()
         return model
 
@@ -411,14 +490,25 @@ class EnclaveAuthenticator(LDAPAuthenticator):
             await self._begin_enrolment(handler, uid, groups)
         if verdict.outcome == Outcome.LOCKED:
             self.refuse(uid, source, "mfa_locked", seconds_left=int(verdict.locked_for) + 1)
-            raise web.HTTPError(429, "Too many wrong one-time codes for this account. Try again in "
-                                     f"{int(verdict.locked_for) // 60 + 1} minutes.")
-        reason = {"failed": "wrong_code", "replay": "replayed_code", "lockout": "wrong_code"}[verdict.outcome.value]
-        self.record_mfa(uid, "replay" if verdict.outcome == Outcome.REPLAY else "failed", "denied",
-                        reason=reason, failures=verdict.failures)
+            raise web.HTTPError(
+                429,
+                "Too many wrong one-time codes for this account. Try again in "
+                f"{int(verdict.locked_for) // 60 + 1} minutes.",
+            )
+        reason = {"failed": "wrong_code", "replay": "replayed_code", "lockout": "wrong_code"}[
+            verdict.outcome.value
+        ]
+        self.record_mfa(
+            uid,
+            "replay" if verdict.outcome == Outcome.REPLAY else "failed",
+            "denied",
+            reason=reason,
+            failures=verdict.failures,
+        )
         if verdict.outcome == Outcome.LOCKOUT:
-            self.record_mfa(uid, "lockout", "denied", reason="too_many_wrong_codes",
-                            seconds=int(self.mfa_lockout_seconds))
+            self.record_mfa(
+                uid, "lockout", "denied", reason="too_many_wrong_codes", seconds=int(self.mfa_lockout_seconds)
+            )
         return False
 
     async def _begin_enrolment(self, handler, uid: str, groups: list[str]):
@@ -427,8 +517,14 @@ class EnclaveAuthenticator(LDAPAuthenticator):
         nonce, _ = await asyncio.to_thread(self.mfa.begin, uid, {"groups": groups})
         self.record_mfa(uid, "enrol_pending")
         options = {k: v for k, v in handler.settings.get("cookie_options", {}).items() if k != "expires_days"}
-        handler.set_secure_cookie(ENROL_COOKIE, json.dumps({"uid": uid, "nonce": nonce}), expires_days=None,
-                                  path=handler.hub.base_url, httponly=True, **options)
+        handler.set_secure_cookie(
+            ENROL_COOKIE,
+            json.dumps({"uid": uid, "nonce": nonce}),
+            expires_days=None,
+            path=handler.hub.base_url,
+            httponly=True,
+            **options,
+        )
         handler.redirect(url_path_join(handler.hub.base_url, "mfa/enrol"))
         raise web.Finish()
 
@@ -458,17 +554,26 @@ class EnclaveAuthenticator(LDAPAuthenticator):
         False (log in again; token requests refused) when they are deleted, disabled, out of every
         enclave group, or idle too long in the browser; their groups when they changed; True otherwise.
         With the directory unreachable, True during ``outage_grace_seconds``, then False."""
-        if handler is not None and not getattr(handler, "_token_authenticated", False) and self._idle(user.name):
+        if (
+            handler is not None
+            and not getattr(handler, "_token_authenticated", False)
+            and self._idle(user.name)
+        ):
             self.log.warning("%s: idle for more than %ds, log in again", user.name, self.idle_logout_seconds)
-            runtime.audit_log(self.state_dir).append(actor=user.name, action="auth.logout",
-                                                     details={"reason": "idle"})
+            runtime.audit_log(self.state_dir).append(
+                actor=user.name, action="auth.logout", details={"reason": "idle"}
+            )
             return False
         try:
             standing = await self._standing(user.name)
         except DirectoryUnreachable as exc:
             within = time.monotonic() - (self._outage_since or time.monotonic()) < self.outage_grace_seconds
-            self.log.warning("accreditation of %s not re-read (%s); %s", user.name, exc,
-                             "grace period" if within else "grace expired")
+            self.log.warning(
+                "accreditation of %s not re-read (%s); %s",
+                user.name,
+                exc,
+                "grace period" if within else "grace expired",
+            )
             return within
         if standing is None:
             return True
@@ -493,8 +598,11 @@ class EnclaveAuthenticator(LDAPAuthenticator):
             standing = await self._standing(user.name)
         except DirectoryUnreachable as exc:
             spawner.record("server.spawn", "denied", reason="directory_unreachable")
-            raise web.HTTPError(503, f"Cannot start a server now: {exc}. Running servers keep going; "
-                                     "try again later or tell the operator.") from exc
+            raise web.HTTPError(
+                503,
+                f"Cannot start a server now: {exc}. Running servers keep going; "
+                "try again later or tell the operator.",
+            ) from exc
         if standing is not None and standing.refusal():
             spawner.record("server.spawn", "denied", reason=f"directory: {standing.refusal()}")
             raise web.HTTPError(403, f"{user.name} is no longer accredited in the directory.")
@@ -505,8 +613,11 @@ class EnclaveAuthenticator(LDAPAuthenticator):
         if locked is not None:
             kind, left = locked
             self.refuse(username, source, "locked_out", locked=kind, seconds_left=int(left) + 1)
-            raise web.HTTPError(429, f"Too many failed logins for this {'account' if kind == 'user' else 'address'}."
-                                     f" Try again in {int(left) // 60 + 1} minutes.")
+            raise web.HTTPError(
+                429,
+                f"Too many failed logins for this {'account' if kind == 'user' else 'address'}."
+                f" Try again in {int(left) // 60 + 1} minutes.",
+            )
         if suspicious_username(username):
             model = None  # never sent to the directory; answered like any wrong name or password
         else:
@@ -539,7 +650,8 @@ class EnclaveAuthenticator(LDAPAuthenticator):
             self.log.error("LDAP directory at %s unreachable: %s", where, exc)
             self.record(username, "error", f"directory unreachable: {type(exc).__name__}")
             raise web.HTTPError(
-                503, f"The login directory (LDAP at {where}) is unreachable. Try again later or tell the operator."
+                503,
+                f"The login directory (LDAP at {where}) is unreachable. Try again later or tell the operator.",
             ) from exc
 
     async def _failed(self, username: str, key: str, source: str) -> None:
@@ -547,8 +659,9 @@ class EnclaveAuthenticator(LDAPAuthenticator):
         started = self.throttle.failed(key, source)
         self.refuse(username, source, "invalid username or password")
         for kind in started:
-            self.refuse(username, source, "lockout_started", locked=kind,
-                        seconds=int(self.login_lockout_seconds))
+            self.refuse(
+                username, source, "lockout_started", locked=kind, seconds=int(self.login_lockout_seconds)
+            )
         delay = self.throttle.delay(key, source)
         if delay:
             await asyncio.sleep(delay)  # the event loop serves everyone else meanwhile
@@ -557,16 +670,31 @@ class EnclaveAuthenticator(LDAPAuthenticator):
         """ldapauthenticator's bind, with time limits: the bind runs on the hub's event loop, so a directory
         that accepts connections and never answers must not freeze the hub."""
         use_ssl = self.tls_strategy == TlsStrategy.on_connect
-        server = ldap3.Server(self.server_address, port=self.server_port, use_ssl=use_ssl,
-                              tls=ldap3.Tls(**self.tls_kwargs), connect_timeout=5)
-        auto_bind = ldap3.AUTO_BIND_TLS_BEFORE_BIND if self.tls_strategy == TlsStrategy.before_bind else ldap3.AUTO_BIND_NO_TLS
+        server = ldap3.Server(
+            self.server_address,
+            port=self.server_port,
+            use_ssl=use_ssl,
+            tls=ldap3.Tls(**self.tls_kwargs),
+            connect_timeout=5,
+        )
+        auto_bind = (
+            ldap3.AUTO_BIND_TLS_BEFORE_BIND
+            if self.tls_strategy == TlsStrategy.before_bind
+            else ldap3.AUTO_BIND_NO_TLS
+        )
         try:
-            return ldap3.Connection(server, user=userdn, password=password, auto_bind=auto_bind, receive_timeout=10)
+            return ldap3.Connection(
+                server, user=userdn, password=password, auto_bind=auto_bind, receive_timeout=10
+            )
         except LDAPBindError:
             return None  # wrong password or no such user: authenticate() records the refusal
 
     def get_handlers(self, app):
-        return [*super().get_handlers(app), ("/logout", AuditedLogoutHandler), ("/mfa/enrol", MfaEnrolHandler)]
+        return [
+            *super().get_handlers(app),
+            ("/logout", AuditedLogoutHandler),
+            ("/mfa/enrol", MfaEnrolHandler),
+        ]
 
     async def check_allowed(self, username, auth_model):
         # authenticate() already refused everyone outside the enclave groups.

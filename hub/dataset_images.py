@@ -56,7 +56,9 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure_dataset_filesystem(state_dir: Path, source: Path, project: str, dataset: str, version: str) -> Path:
+def ensure_dataset_filesystem(
+    state_dir: Path, source: Path, project: str, dataset: str, version: str
+) -> Path:
     """Build (once) and mount (if not mounted) the read-only filesystem of a published dataset version;
     return its mount point, which is what the container gets at ``/data/<dataset>``."""
     folder = images_dir(state_dir) / project / dataset
@@ -87,8 +89,17 @@ def _build(source: Path, image: Path, name: str) -> None:
     # -all-root: the files are the site's; their read bits come from the published tree (world-readable).
     # -processors 1: a spawn must not take both cores of a small host away from the hub.
     try:
-        _run("mksquashfs", str(source), str(tmp), "-noappend", "-all-root", "-no-xattrs", "-processors", "1",
-             "-quiet")
+        _run(
+            "mksquashfs",
+            str(source),
+            str(tmp),
+            "-noappend",
+            "-all-root",
+            "-no-xattrs",
+            "-processors",
+            "1",
+            "-quiet",
+        )
     except WorkspaceError as exc:
         tmp.unlink(missing_ok=True)
         raise DatasetImageError(f"dataset {name}: {exc}") from exc

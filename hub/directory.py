@@ -64,18 +64,32 @@ class Directory:
     def __init__(self, settings: LdapSettings, uid: str, password: str):
         self.settings = settings
         self.uid = uid
-        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT, ca_certs_file=settings.ca_file)
-        server = ldap3.Server(settings.server_address, port=settings.server_port,
-                              use_ssl=settings.tls_strategy == "on_connect", tls=tls, connect_timeout=5)
-        auto_bind = ldap3.AUTO_BIND_TLS_BEFORE_BIND if settings.tls_strategy == "before_bind" else ldap3.AUTO_BIND_NO_TLS
+        tls = ldap3.Tls(
+            validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT, ca_certs_file=settings.ca_file
+        )
+        server = ldap3.Server(
+            settings.server_address,
+            port=settings.server_port,
+            use_ssl=settings.tls_strategy == "on_connect",
+            tls=tls,
+            connect_timeout=5,
+        )
+        auto_bind = (
+            ldap3.AUTO_BIND_TLS_BEFORE_BIND
+            if settings.tls_strategy == "before_bind"
+            else ldap3.AUTO_BIND_NO_TLS
+        )
         where = f"{settings.server_address}:{settings.server_port}"
         try:
-            self.conn = ldap3.Connection(server, user=self.user_dn(uid), password=password, auto_bind=auto_bind,
-                                         receive_timeout=10)
+            self.conn = ldap3.Connection(
+                server, user=self.user_dn(uid), password=password, auto_bind=auto_bind, receive_timeout=10
+            )
         except LDAPBindError as exc:
             raise DirectoryError(f"the directory at {where} refused {uid}'s password") from exc
         except (LDAPException, ssl.SSLError, OSError) as exc:
-            raise DirectoryError(f"the directory at {where} is unreachable: {type(exc).__name__}: {exc}") from exc
+            raise DirectoryError(
+                f"the directory at {where} is unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def user_dn(self, uid: str) -> str:
         return self.settings.user_dn_template.format(username=escape_rdn(uid))
@@ -85,8 +99,11 @@ class Directory:
         exists = self.conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["uid"])
         if not exists:
             return Person(uid, False, frozenset())
-        self.conn.search(self.settings.groups_base, f"(&(objectClass=groupOfNames)(member={escape_filter_chars(dn)}))",
-                         attributes=["cn"])
+        self.conn.search(
+            self.settings.groups_base,
+            f"(&(objectClass=groupOfNames)(member={escape_filter_chars(dn)}))",
+            attributes=["cn"],
+        )
         return Person(uid, True, frozenset(str(e.cn) for e in self.conn.entries))
 
     def close(self) -> None:

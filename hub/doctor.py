@@ -423,17 +423,33 @@ def check_identity(obs: Observed) -> Check:
     """Revocation within a minute needs the directory reader (hub/accreditation.py); its password is a secret."""
     ldap, session = obs.site.ldap, obs.site.session
     if not (ldap.bind_dn and ldap.bind_password_file):
-        return Check("identity", False, "site.yaml ldap.bind_dn / ldap.bind_password_file are not set: a "
-                     "revocation in the directory takes effect only at the user's next login")
+        return Check(
+            "identity",
+            False,
+            "site.yaml ldap.bind_dn / ldap.bind_password_file are not set: a "
+            "revocation in the directory takes effect only at the user's next login",
+        )
     f = obs.reader_password
     if f is None or f.mode is None:
-        return Check("identity", False, f"{ldap.bind_password_file} (ldap.bind_password_file) is missing: "
-                     "accreditation cannot be re-read, so logins and spawns are refused")
+        return Check(
+            "identity",
+            False,
+            f"{ldap.bind_password_file} (ldap.bind_password_file) is missing: "
+            "accreditation cannot be re-read, so logins and spawns are refused",
+        )
     if f.is_link or f.mode & 0o077:
-        return Check("identity", False, f"{f.path} is mode {f.mode:04o}{' (a link)' if f.is_link else ''}: "
-                     "the directory reader's password must be 0600")
-    return Check("identity", True, f"second factor required; accreditation re-read as {ldap.bind_dn}; "
-                 f"sessions {session.max_hours:g} h, idle logout {session.idle_logout_minutes} min")
+        return Check(
+            "identity",
+            False,
+            f"{f.path} is mode {f.mode:04o}{' (a link)' if f.is_link else ''}: "
+            "the directory reader's password must be 0600",
+        )
+    return Check(
+        "identity",
+        True,
+        f"second factor required; accreditation re-read as {ldap.bind_dn}; "
+        f"sessions {session.max_hours:g} h, idle logout {session.idle_logout_minutes} min",
+    )
 
 
 def tls_problems(obs: Observed) -> list[str]:
@@ -791,7 +807,9 @@ def observe(paths: EnclavePaths) -> Observed:
         proxy_unauthenticated_status=_proxy_status(site),
         euid=os.geteuid(),
         lxcfs_problem=lxcfs_problem(),
-        reader_password=_file_view(Path(site.ldap.bind_password_file)) if site.ldap.bind_password_file else None,
+        reader_password=_file_view(Path(site.ldap.bind_password_file))
+        if site.ldap.bind_password_file
+        else None,
         internal_tls_problems=tuple(internal_tls.problems(paths.state_dir)),
         hub_speaks=_hub_speaks(site),
         **_observe_engine(site),

@@ -78,28 +78,44 @@ class Enforcer:
         self.policy = self.watch.policy
         if change.error is not None:
             self._status(change.fingerprint, ok=False, problems=str(change.error))
-            self.audit.append(actor=ACTOR, action="policy.change", target="policies", outcome="error",
-                              details={"change": "reload", "files": change.files,
-                                       "reason": str(change.error)[:4000]})
+            self.audit.append(
+                actor=ACTOR,
+                action="policy.change",
+                target="policies",
+                outcome="error",
+                details={"change": "reload", "files": change.files, "reason": str(change.error)[:4000]},
+            )
             return
         self._snapshot()
         self._status(change.fingerprint, ok=True, problems="")
         if not change.first:
             log.info("policy reloaded: %s", ", ".join(change.files))
-            self.audit.append(actor=ACTOR, action="policy.change", target="policies",
-                              details={"change": "reload", "files": change.files})
+            self.audit.append(
+                actor=ACTOR,
+                action="policy.change",
+                target="policies",
+                details={"change": "reload", "files": change.files},
+            )
 
     def _status(self, fingerprint, ok: bool, problems: str) -> None:
-        status = {"fingerprint": [list(x) for x in fingerprint], "ok": ok, "problems": problems,
-                  "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        status = {
+            "fingerprint": [list(x) for x in fingerprint],
+            "ok": ok,
+            "problems": problems,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         atomic_write(self.paths.policy_status_file, json.dumps(status))
 
     def _snapshot(self) -> None:
         """The last applied policy, for `enclave policy diff` and for a hub that restarts on a bad edit."""
         target = self.paths.policy_applied_dir
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".policy-applied."))
-        shutil.copytree(self.paths.policy_dir, tmp, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(".enclave.lock", ".*"))
+        shutil.copytree(
+            self.paths.policy_dir,
+            tmp,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(".enclave.lock", ".*"),
+        )
         old = target.with_name(".policy-applied.old")
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
@@ -126,8 +142,10 @@ class Enforcer:
         offset = 0
         while True:
             response = self.session.get(
-                f"{self.api_url}/users", params={**filters, "offset": offset, "limit": 200},
-                headers={"Accept": "application/jupyterhub-pagination+json"}, timeout=10,
+                f"{self.api_url}/users",
+                params={**filters, "offset": offset, "limit": 200},
+                headers={"Accept": "application/jupyterhub-pagination+json"},
+                timeout=10,
             )
             response.raise_for_status()
             page = response.json()
@@ -145,8 +163,14 @@ class Enforcer:
         if outcome == "error":
             details["hub_status"] = response.status_code
         # The server was stopped either way: on a full disk the record goes to the spool (issue 19).
-        self.audit.append_or_spool(actor=ACTOR, action="policy.enforce", project=server,
-                                   target=f"{user}/{server}", outcome=outcome, details=details)
+        self.audit.append_or_spool(
+            actor=ACTOR,
+            action="policy.enforce",
+            project=server,
+            target=f"{user}/{server}",
+            outcome=outcome,
+            details=details,
+        )
 
     # ---- the directory: revocation, outage ---------------------------------------------------------
     def check_directory(self) -> None:
@@ -177,15 +201,29 @@ class Enforcer:
         if self.outage_since is None:
             self.outage_since = now
             log.error("directory unreachable (%s): running servers keep going for %ds", problem, grace)
-            self.audit.append(actor=ACTOR, action="auth.directory", target="ldap", outcome="error",
-                              details={"state": "outage", "reason": problem[:500], "grace_seconds": grace})
+            self.audit.append(
+                actor=ACTOR,
+                action="auth.directory",
+                target="ldap",
+                outcome="error",
+                details={"state": "outage", "reason": problem[:500], "grace_seconds": grace},
+            )
         if now - self.outage_since < grace or self.grace_expired:
             return
         self.grace_expired = True
-        stopped = [f"{u['name']}/{n}" for u in users for n, sv in (u.get("servers") or {}).items()
-                   if n and not sv.get("stopped")]
-        self.audit.append(actor=ACTOR, action="auth.directory", target="ldap", outcome="error",
-                          details={"state": "grace_expired", "reason": problem[:500], "stopping": stopped})
+        stopped = [
+            f"{u['name']}/{n}"
+            for u in users
+            for n, sv in (u.get("servers") or {}).items()
+            if n and not sv.get("stopped")
+        ]
+        self.audit.append(
+            actor=ACTOR,
+            action="auth.directory",
+            target="ldap",
+            outcome="error",
+            details={"state": "grace_expired", "reason": problem[:500], "stopping": stopped},
+        )
         for entry in stopped:
             user, server = entry.split("/", 1)
             self.stop(user, server, f"the directory has been unreachable for more than {grace}s")
@@ -196,8 +234,12 @@ class Enforcer:
         lasted = int(time.monotonic() - self.outage_since)
         self.outage_since, self.grace_expired = None, False
         log.info("directory reachable again after %ds", lasted)
-        self.audit.append(actor=ACTOR, action="auth.directory", target="ldap",
-                          details={"state": "restored", "outage_seconds": lasted})
+        self.audit.append(
+            actor=ACTOR,
+            action="auth.directory",
+            target="ldap",
+            details={"state": "restored", "outage_seconds": lasted},
+        )
 
     def revoke(self, user: dict, reason: str) -> None:
         """Stop the user's servers, delete their tokens, take them out of hub groups; audited once per
@@ -211,9 +253,16 @@ class Enforcer:
         tokens = self.delete_tokens(name)
         groups = self.leave_groups(name, user.get("groups") or [])
         if stopped or tokens or groups or name not in self.revoked:
-            log.warning("revoked %s (%s): servers %s, %d tokens, groups %s", name, reason, stopped, tokens, groups)
-            self.audit.append(actor=ACTOR, action="auth.revoke", target=name, outcome="ok",
-                              details={"reason": reason, "stopped": stopped, "tokens": tokens, "groups": groups})
+            log.warning(
+                "revoked %s (%s): servers %s, %d tokens, groups %s", name, reason, stopped, tokens, groups
+            )
+            self.audit.append(
+                actor=ACTOR,
+                action="auth.revoke",
+                target=name,
+                outcome="ok",
+                details={"reason": reason, "stopped": stopped, "tokens": tokens, "groups": groups},
+            )
         self.revoked.add(name)
 
     def delete_tokens(self, name: str, keep=lambda token: False) -> int:
@@ -230,12 +279,15 @@ class Enforcer:
     def leave_groups(self, name: str, groups: list[str]) -> list[str]:
         left = []
         for group in groups:
-            response = self.session.delete(f"{self.api_url}/groups/{group}/users", json={"users": [name]},
-                                           timeout=10)
+            response = self.session.delete(
+                f"{self.api_url}/groups/{group}/users", json={"users": [name]}, timeout=10
+            )
             if response.status_code in (200, 204):
                 left.append(group)
             else:
-                log.error("removing %s from hub group %s: %s %s", name, group, response.status_code, response.text)
+                log.error(
+                    "removing %s from hub group %s: %s %s", name, group, response.status_code, response.text
+                )
         return left
 
     def idle_logout(self, users: list[dict]) -> None:
@@ -252,8 +304,11 @@ class Enforcer:
                 continue
             gone = self.delete_tokens(user["name"])
             if gone:
-                self.audit.append(actor=user["name"], action="auth.logout",
-                                  details={"reason": "idle", "tokens_revoked": gone, "by": ACTOR})
+                self.audit.append(
+                    actor=user["name"],
+                    action="auth.logout",
+                    details={"reason": "idle", "tokens_revoked": gone, "by": ACTOR},
+                )
 
     def run(self, every: float, directory_every: float = 15.0) -> None:
         next_directory = 0.0
@@ -270,11 +325,15 @@ class Enforcer:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s enclave-policy] %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="[%(levelname)1.1s %(asctime)s enclave-policy] %(message)s"
+    )
     paths = EnclavePaths.from_env()
     enforcer = Enforcer(paths, os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
-    enforcer.run(float(os.environ.get("ENCLAVE_ENFORCE_EVERY", "2")),
-                 float(os.environ.get("ENCLAVE_DIRECTORY_EVERY", "15")))
+    enforcer.run(
+        float(os.environ.get("ENCLAVE_ENFORCE_EVERY", "2")),
+        float(os.environ.get("ENCLAVE_DIRECTORY_EVERY", "15")),
+    )
 
 
 if __name__ == "__main__":

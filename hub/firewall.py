@@ -118,9 +118,26 @@ def parse_listing(text: str) -> list[Rule]:
 def log_rule(chain: str, bridge: str, kind: str, *match: str) -> list[str]:
     """LOG what is about to be rejected, at most LOG_RATE per source address (so a flood cannot flood
     the kernel log); hub/netlog.py summarizes these lines onto the audit trail."""
-    return [chain, "-i", bridge, *match, "-m", "hashlimit", "--hashlimit-upto", LOG_RATE, "--hashlimit-burst",
-            LOG_BURST, "--hashlimit-mode", "srcip", "--hashlimit-name", f"enclave-{kind}",
-            "-j", "LOG", "--log-prefix", f"enclave-refused-{kind}:"]
+    return [
+        chain,
+        "-i",
+        bridge,
+        *match,
+        "-m",
+        "hashlimit",
+        "--hashlimit-upto",
+        LOG_RATE,
+        "--hashlimit-burst",
+        LOG_BURST,
+        "--hashlimit-mode",
+        "srcip",
+        "--hashlimit-name",
+        f"enclave-{kind}",
+        "-j",
+        "LOG",
+        "--log-prefix",
+        f"enclave-refused-{kind}:",
+    ]
 
 
 def bridge_rules(bridge: str, allowed_ports: Iterable[int]) -> list[list[str]]:

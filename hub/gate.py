@@ -52,7 +52,9 @@ ALLOWED = [
 ]
 ACTIVITY = re.compile(r"^/hub/api/users/[^/]+/activity$")
 FORWARDED_HEADERS = ("Authorization", "Content-Type", "Accept", "User-Agent")
-REFUSAL = "Only the notebook server's own hub calls pass here; people log in through the enclave's web address."
+REFUSAL = (
+    "Only the notebook server's own hub calls pass here; people log in through the enclave's web address."
+)
 SERVER_SCOPE_PREFIX = "access:servers!server="
 TOKEN_HEADER = re.compile(r"^\s*(?:token|bearer)\s+(\S+)\s*$", re.IGNORECASE)
 MAX_ACTIVITY_SERVERS = 32
@@ -149,7 +151,9 @@ def _timestamp(value: Any, field: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise ActivityError(f"activity body: {field}: {clip(value, 64)} is not an ISO 8601 timestamp") from None
+        raise ActivityError(
+            f"activity body: {field}: {clip(value, 64)} is not an ISO 8601 timestamp"
+        ) from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
@@ -184,7 +188,9 @@ def clamp_activity(body: bytes, now: datetime) -> tuple[bytes, list[str]]:
     servers = data.get("servers")
     if servers is not None:
         if not isinstance(servers, dict) or len(servers) > MAX_ACTIVITY_SERVERS:
-            raise ActivityError(f"activity body: servers: must be an object of at most {MAX_ACTIVITY_SERVERS} servers")
+            raise ActivityError(
+                f"activity body: servers: must be an object of at most {MAX_ACTIVITY_SERVERS} servers"
+            )
         out["servers"] = {}
         for name, info in servers.items():
             field = f"servers.{clip(name, 64)}.last_activity"
@@ -216,7 +222,9 @@ class Requester:
 def requester_from_model(model: dict[str, Any], ip: str, how: str) -> Requester:
     name = str(model.get("name", "?"))
     actor = f"service:{name}" if model.get("kind") == "service" else name
-    servers = [s[len(SERVER_SCOPE_PREFIX):] for s in model.get("scopes") or [] if s.startswith(SERVER_SCOPE_PREFIX)]
+    servers = [
+        s[len(SERVER_SCOPE_PREFIX) :] for s in model.get("scopes") or [] if s.startswith(SERVER_SCOPE_PREFIX)
+    ]
     server = servers[0] if len(servers) == 1 else None
     return Requester(clip(actor, 128), server, server or actor, how)
 
@@ -292,9 +300,20 @@ class TokenDirectory:
 class Gate:
     """The gate's shared state: rate limiter, token directory and the refusal trail."""
 
-    def __init__(self, upstream: str, refusals: RefusalAggregator, limiter: RateLimiter,
-                 tokens: TokenDirectory, upstream_tls: ssl.SSLContext | None = None) -> None:
-        self.upstream, self.refusals, self.limiter, self.tokens = upstream.rstrip("/"), refusals, limiter, tokens
+    def __init__(
+        self,
+        upstream: str,
+        refusals: RefusalAggregator,
+        limiter: RateLimiter,
+        tokens: TokenDirectory,
+        upstream_tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.upstream, self.refusals, self.limiter, self.tokens = (
+            upstream.rstrip("/"),
+            refusals,
+            limiter,
+            tokens,
+        )
         self.upstream_tls = upstream_tls  # the gate's own client certificate, for a hub on https
         # One writer thread: a slow fsync must not stall the event loop that answers every container.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate-audit")
@@ -305,8 +324,15 @@ class Gate:
         details = {"route": route, "identified_by": who.how, **details}
         if who.server:
             details["server"] = who.server
-        return {"actor": who.actor, "source": who.source, "action": action, "reason": reason,
-                "project": who.project, "target": who.server, "details": details}
+        return {
+            "actor": who.actor,
+            "source": who.source,
+            "action": action,
+            "reason": reason,
+            "project": who.project,
+            "target": who.server,
+            "details": details,
+        }
 
     def record(self, who: Requester, action: str, reason: str, route: str, **details: Any) -> None:
         entry = self.entry(who, action, reason, route, **details)
@@ -363,8 +389,14 @@ class GateHandler(web.RequestHandler):
     async def _forward(self, method: str, body: bytes | None) -> None:
         headers = {k: v for k, v in self.request.headers.items() if k in FORWARDED_HEADERS}
         response = await httpclient.AsyncHTTPClient().fetch(
-            self.gate.upstream + self.request.uri, method=method, headers=headers, body=body,
-            raise_error=False, follow_redirects=False, request_timeout=30, ssl_options=self.gate.upstream_tls,
+            self.gate.upstream + self.request.uri,
+            method=method,
+            headers=headers,
+            body=body,
+            raise_error=False,
+            follow_redirects=False,
+            request_timeout=30,
+            ssl_options=self.gate.upstream_tls,
         )
         self.set_status(response.code, response.reason)
         if "Content-Type" in response.headers:
@@ -410,8 +442,16 @@ def make_app(gate: Gate) -> web.Application:
     return web.Application([(r".*", GateHandler)], gate=gate, log_function=_access_log)
 
 
-def make_gate(upstream: str, state_dir: str, service_token: str, *, rate: float, burst: float,
-              window: float, ttl: float = 30.0) -> Gate:
+def make_gate(
+    upstream: str,
+    state_dir: str,
+    service_token: str,
+    *,
+    rate: float,
+    burst: float,
+    window: float,
+    ttl: float = 30.0,
+) -> Gate:
     from pathlib import Path
 
     from audit import AuditLog
@@ -434,8 +474,10 @@ def upstream_context(upstream: str) -> ssl.SSLContext | None:
     names = ("JUPYTERHUB_SSL_KEYFILE", "JUPYTERHUB_SSL_CERTFILE", "JUPYTERHUB_SSL_CLIENT_CA")
     missing = [n for n in names if not os.environ.get(n)]
     if missing:
-        raise SystemExit(f"enclave-gate: the hub {upstream} is https but {', '.join(missing)} is not set "
-                         "(the hub sets them for a managed service when internal_ssl is on)")
+        raise SystemExit(
+            f"enclave-gate: the hub {upstream} is https but {', '.join(missing)} is not set "
+            "(the hub sets them for a managed service when internal_ssl is on)"
+        )
     key, cert, ca = (os.environ[n] for n in names)
     return make_ssl_context(key, cert, cafile=ca)
 
@@ -472,9 +514,11 @@ def main() -> None:
     bind = os.environ["ENCLAVE_GATE_BIND"]
     host, port = bind.rsplit(":", 1)
     gate = make_gate(
-        os.environ["ENCLAVE_HUB_UPSTREAM"], os.environ["ENCLAVE_STATE_DIR"],
+        os.environ["ENCLAVE_HUB_UPSTREAM"],
+        os.environ["ENCLAVE_STATE_DIR"],
         os.environ.get("JUPYTERHUB_API_TOKEN", ""),
-        rate=_env_float("ENCLAVE_GATE_RATE", 5.0), burst=_env_float("ENCLAVE_GATE_BURST", 20.0),
+        rate=_env_float("ENCLAVE_GATE_RATE", 5.0),
+        burst=_env_float("ENCLAVE_GATE_BURST", 20.0),
         window=_env_float("ENCLAVE_AUDIT_REFUSAL_WINDOW", 60.0),
     )
     # The gate's own work (answering and counting refusals) must not take CPU from the hub under a flood;
@@ -488,8 +532,14 @@ def main() -> None:
     loop = asyncio.get_event_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: _shutdown(gate))
-    log.info("hub gate on %s (%s) -> %s, %.1f req/s per server (burst %d)", bind, "TLS" if tls else "plain HTTP",
-             gate.upstream, gate.limiter.rate, gate.limiter.burst)
+    log.info(
+        "hub gate on %s (%s) -> %s, %.1f req/s per server (burst %d)",
+        bind,
+        "TLS" if tls else "plain HTTP",
+        gate.upstream,
+        gate.limiter.rate,
+        gate.limiter.burst,
+    )
     ioloop.IOLoop.current().start()
 
 

@@ -37,8 +37,9 @@ def secret(name: str) -> str:
     try:
         return path.read_text().strip()
     except OSError as exc:
-        sys.exit(f"enclave: cannot read secret {path}: {exc.strerror} (deploy/demo or deploy/install creates it)")
-
+        sys.exit(
+            f"enclave: cannot read secret {path}: {exc.strerror} (deploy/demo or deploy/install creates it)"
+        )
 
 
 # ---- processes and addresses -----------------------------------------------------------------
@@ -123,8 +124,15 @@ c.JupyterHub.load_roles = enclave_roles() + [
         "name": "enclave-policy",
         "services": ["enclave-policy"],
         # tokens and groups: a user the directory no longer accredits loses their tokens and hub groups.
-        "scopes": ["list:users", "read:users", "read:servers", "delete:servers", "tokens", "groups",
-                   "list:groups"],
+        "scopes": [
+            "list:users",
+            "read:users",
+            "read:servers",
+            "delete:servers",
+            "tokens",
+            "groups",
+            "list:groups",
+        ],
     },
 ]
 
@@ -143,7 +151,11 @@ c.EnclaveSpawner.use_internal_ip = True
 c.EnclaveSpawner.cmd = ["jupyterhub-singleuser"]
 # The server's own token: identify itself and report activity, nothing else (see DESIGN.md sec. 8).
 # The export service reads the project from the token's own access:servers!server=<user>/<project> scope.
-c.EnclaveSpawner.server_token_scopes = ["users:activity!user", "access:servers!server", "custom:exports:request"]
+c.EnclaveSpawner.server_token_scopes = [
+    "users:activity!user",
+    "access:servers!server",
+    "custom:exports:request",
+]
 c.EnclaveSpawner.start_timeout = 120
 c.EnclaveSpawner.http_timeout = 120
 c.EnclaveSpawner.debug = False
@@ -153,12 +165,16 @@ c.JupyterHub.services = [
     {
         "name": "idle-culler",
         "command": [
-            sys.executable, "-m", "jupyterhub_idle_culler",
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
             f"--timeout={site.idle_timeout_seconds}",
             f"--cull-every={os.environ.get('ENCLAVE_CULL_EVERY', '60')}",
-            "--cull-named-servers=true", "--remove-named-servers=false",
+            "--cull-named-servers=true",
+            "--remove-named-servers=false",
             # the culler presents the hub's own pair (that is how jupyterhub_idle_culler does TLS)
-            "--ssl-enabled=true", f"--internal-certs-location={internal_tls.ca_dir(paths.state_dir)}",
+            "--ssl-enabled=true",
+            f"--internal-certs-location={internal_tls.ca_dir(paths.state_dir)}",
         ],
         "environment": {"ENCLAVE_STATE_DIR": str(paths.state_dir)},  # marks it as this installation's
     },
@@ -175,7 +191,11 @@ c.JupyterHub.services = [
             "ENCLAVE_PUBLIC_URL": site.public_url,  # https makes the service's cookies Secure
             **{k: v for k, v in os.environ.items() if k.startswith(("ENCLAVE_AUDIT_", "ENCLAVE_EXPORTS_"))},
         },
-        "oauth_client_allowed_scopes": ["custom:exports:request", "custom:exports:review", "custom:exports:audit"],
+        "oauth_client_allowed_scopes": [
+            "custom:exports:request",
+            "custom:exports:review",
+            "custom:exports:audit",
+        ],
         "oauth_no_confirm": True,
     },
     {
@@ -200,8 +220,11 @@ c.JupyterHub.services = [
         "environment": {
             "ENCLAVE_STATE_DIR": str(paths.state_dir),
             "ENCLAVE_POLICY_DIR": str(paths.policy_dir),
-            **{k: v for k, v in os.environ.items()
-               if k.startswith("ENCLAVE_AUDIT_") or k in ("ENCLAVE_ENFORCE_EVERY", "ENCLAVE_DIRECTORY_EVERY")},
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if k.startswith("ENCLAVE_AUDIT_") or k in ("ENCLAVE_ENFORCE_EVERY", "ENCLAVE_DIRECTORY_EVERY")
+            },
         },
     },
 ]
@@ -210,11 +233,14 @@ c.JupyterHub.services = [
 # a crash on its port with a stale OAuth secret. Services a dead hub left behind are stopped now, on the trail.
 for _service in c.JupyterHub.services:
     _service["command"] = services.wrapped(_service["name"], _service["command"])
-_stale = services.clear_stale(str(paths.state_dir), site.hub_internal_port, os.getpid(),
-                              runtime.audit_log(str(paths.state_dir)))
+_stale = services.clear_stale(
+    str(paths.state_dir), site.hub_internal_port, os.getpid(), runtime.audit_log(str(paths.state_dir))
+)
 if _stale:
-    print("enclave: stopped services left by a previous hub: " + "; ".join(s.describe() for s in _stale),
-          file=sys.stderr)
+    print(
+        "enclave: stopped services left by a previous hub: " + "; ".join(s.describe() for s in _stale),
+        file=sys.stderr,
+    )
 
 # ---- audit --------------------------------------------------------------------------------------
 # Logins, logouts and spawns are audited by the authenticator and the spawner; culls here.

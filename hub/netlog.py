@@ -52,8 +52,14 @@ def parse(record: str) -> Drop | None:
         if message.startswith(prefix):
             fields = dict(FIELDS.findall(message))
             if "IN" in fields and "SRC" in fields:
-                return Drop(kind, fields["IN"], fields["SRC"], fields.get("DST", "?"),
-                            fields.get("PROTO", "?").lower(), fields.get("DPT"))
+                return Drop(
+                    kind,
+                    fields["IN"],
+                    fields["SRC"],
+                    fields.get("DST", "?"),
+                    fields.get("PROTO", "?").lower(),
+                    fields.get("DPT"),
+                )
     return None
 
 
@@ -104,9 +110,9 @@ class ContainerMap:
 
 def container_owner(name: str, prefix: str) -> tuple[str, str] | None:
     """(user, project) from ``<prefix><user>--<project>`` (hub/jupyterhub_config.py name_template)."""
-    if not name.startswith(prefix) or "--" not in name[len(prefix):]:
+    if not name.startswith(prefix) or "--" not in name[len(prefix) :]:
         return None
-    user, project = name[len(prefix):].split("--", 1)
+    user, project = name[len(prefix) :].split("--", 1)
     return user, project
 
 
@@ -124,10 +130,16 @@ class DropSummarizer:
         server = f"{actor}/{project}" if owner else None
         destination = f"{drop.dst}:{drop.dport}/{drop.proto}" if drop.dport else f"{drop.dst}/{drop.proto}"
         self.refusals.refuse(
-            actor=actor, source=server or actor, action="network.refused",
-            reason="to-host" if drop.kind == "host" else "forward", project=project, target=server,
+            actor=actor,
+            source=server or actor,
+            action="network.refused",
+            reason="to-host" if drop.kind == "host" else "forward",
+            project=project,
+            target=server,
             details={
-                "destination": clip(destination, 80), "bridge": drop.bridge, "source_address": drop.src,
+                "destination": clip(destination, 80),
+                "bridge": drop.bridge,
+                "source_address": drop.src,
                 "identified_by": "container address on its project network" if owner else "unknown address",
                 "counted": "packets logged by the firewall (rate limited per container: a lower bound)",
             },

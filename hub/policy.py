@@ -276,7 +276,8 @@ def build_project(doc: Mapping[str, Any], site: Site, source: Path) -> Project:
         start=date.fromisoformat(doc["start"]),
         expiry=date.fromisoformat(doc["expiry"]),
         members=tuple(
-            Member(m["uid"], date.fromisoformat(m["expiry"]) if "expiry" in m else None) for m in doc["members"]
+            Member(m["uid"], date.fromisoformat(m["expiry"]) if "expiry" in m else None)
+            for m in doc["members"]
         ),
         datasets=tuple(DatasetRef(d["id"], d["version"]) for d in doc["datasets"]),
         resources=_resources(doc.get("resources", {}), site.defaults),
@@ -333,7 +334,9 @@ def load_policy(policy_dir: Path, state_dir: Path) -> Policy:
         problems += found
         if doc:
             if doc["id"] != path.stem:
-                problems.append(f"{display_path(path)}: id: '{doc['id']}' must match the file name '{path.stem}'")
+                problems.append(
+                    f"{display_path(path)}: id: '{doc['id']}' must match the file name '{path.stem}'"
+                )
             datasets[doc["id"]] = Dataset(
                 doc["id"], doc["version"], doc["description"], doc["source"], doc.get("spec"), path
             )

@@ -117,8 +117,12 @@ def commit(paths: EnclavePaths, edits: list[Edit], actor: str, dry_run: bool) ->
     validate_with(paths, edits)
     for edit in edits:
         old = edit.path.read_text() if edit.path.exists() else ""
-        diff = difflib.unified_diff(old.splitlines(True), (edit.new_text or "").splitlines(True),
-                                    display(edit.path), display(edit.path) + " (new)")
+        diff = difflib.unified_diff(
+            old.splitlines(True),
+            (edit.new_text or "").splitlines(True),
+            display(edit.path),
+            display(edit.path) + " (new)",
+        )
         sys.stdout.write("".join(diff) or f"{display(edit.path)}: no change\n")
     if dry_run:
         print("dry run: nothing was written")
@@ -133,10 +137,18 @@ def commit(paths: EnclavePaths, edits: list[Edit], actor: str, dry_run: bool) ->
         else:
             atomic_write(edit.path, edit.new_text, 0o644)
         try:
-            log.append(actor=actor, action="policy.change", project=edit.summary.get("project"),
-                       target=str(edit.path.relative_to(paths.policy_dir)),
-                       details={"change": edit.change, **edit.summary,
-                                "sha256_before": sha256(old_text), "sha256_after": sha256(edit.new_text)})
+            log.append(
+                actor=actor,
+                action="policy.change",
+                project=edit.summary.get("project"),
+                target=str(edit.path.relative_to(paths.policy_dir)),
+                details={
+                    "change": edit.change,
+                    **edit.summary,
+                    "sha256_before": sha256(old_text),
+                    "sha256_after": sha256(edit.new_text),
+                },
+            )
         except Exception as exc:
             # Not on the trail means not done: put the file back as it was.
             if old_text is None:
@@ -149,9 +161,12 @@ def commit(paths: EnclavePaths, edits: list[Edit], actor: str, dry_run: bool) ->
 
 # ---- reading and editing project files ----------------------------------------------------------
 
+
 def check_project_id(project_id: str) -> None:
     if not PROJECT_ID.match(project_id):
-        raise CLIError(f"'{project_id}' is not a project id (lower-case letters, digits and '-', 3 to 40 long)")
+        raise CLIError(
+            f"'{project_id}' is not a project id (lower-case letters, digits and '-', 3 to 40 long)"
+        )
 
 
 def project_path(paths: EnclavePaths, project_id: str) -> Path:
@@ -159,7 +174,9 @@ def project_path(paths: EnclavePaths, project_id: str) -> Path:
     path = paths.policy_dir / "projects" / f"{project_id}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in (paths.policy_dir / "projects").glob("*.yaml"))
-        raise CLIError(f"unknown project '{project_id}' (no {display(path)}); known: {', '.join(known) or 'none'}")
+        raise CLIError(
+            f"unknown project '{project_id}' (no {display(path)}); known: {', '.join(known) or 'none'}"
+        )
     return path
 
 
@@ -170,7 +187,9 @@ def load_rt(path: Path):
         raise CLIError(f"{display(path)}: cannot be edited, it is not valid YAML: {exc}") from exc
 
 
-def edit_project(paths: EnclavePaths, project_id: str, change: str, mutate: Callable[[CommentedMap], dict]) -> Edit:
+def edit_project(
+    paths: EnclavePaths, project_id: str, change: str, mutate: Callable[[CommentedMap], dict]
+) -> Edit:
     path = project_path(paths, project_id)
     doc = load_rt(path)
     summary = mutate(doc)
@@ -184,6 +203,7 @@ def parse_value(text: str):
 
 
 # ---- operator -------------------------------------------------------------------------------------
+
 
 def as_admin(args, paths: EnclavePaths) -> tuple[str, Directory]:
     policy = load_policy_or_fail(paths)
@@ -199,8 +219,14 @@ def _audit_refusal(paths: EnclavePaths, uid: str, reason: str, args) -> None:
     from hub.runtime import audit_log
 
     audit_log(str(paths.state_dir)).append(
-        actor=uid, action="policy.change", outcome="denied", target=" ".join(sys.argv[1:3]) or "policy",
-        details={"change": f"{args.command}.{getattr(args, args.command + '_command', '')}", "reason": reason},
+        actor=uid,
+        action="policy.change",
+        outcome="denied",
+        target=" ".join(sys.argv[1:3]) or "policy",
+        details={
+            "change": f"{args.command}.{getattr(args, args.command + '_command', '')}",
+            "reason": reason,
+        },
     )
 
 
@@ -208,7 +234,9 @@ def load_policy_or_fail(paths: EnclavePaths):
     try:
         return load_policy(paths.policy_dir, paths.state_dir)
     except PolicyError as exc:
-        raise CLIError(f"the current policy is invalid; fix it first (enclave policy validate):\n{exc}") from exc
+        raise CLIError(
+            f"the current policy is invalid; fix it first (enclave policy validate):\n{exc}"
+        ) from exc
 
 
 def require_member_candidate(directory: Directory, uid: str, project: str) -> None:
@@ -222,6 +250,7 @@ def require_member_candidate(directory: Directory, uid: str, project: str) -> No
 
 # ---- command handlers ------------------------------------------------------------------------------
 
+
 def cmd_project_create(args, paths):
     check_project_id(args.id)
     actor, directory = as_admin(args, paths)
@@ -232,8 +261,12 @@ def cmd_project_create(args, paths):
         for uid in [args.pi, *args.member]:
             require_member_candidate(directory, uid, args.id)
         doc = CommentedMap(
-            id=args.id, title=args.title, principal_investigator=args.pi, status=args.status,
-            start=args.start, expiry=args.expiry,
+            id=args.id,
+            title=args.title,
+            principal_investigator=args.pi,
+            status=args.status,
+            start=args.start,
+            expiry=args.expiry,
         )
         approvals = CommentedMap()
         if args.drb:
@@ -244,17 +277,27 @@ def cmd_project_create(args, paths):
             doc["approvals"] = approvals
         members = [args.pi] + [m for m in args.member if m != args.pi]
         doc["members"] = [CommentedMap(uid=m) for m in members]
-        doc["datasets"] = [CommentedMap(id=d.split("@")[0], version=d.split("@")[1] if "@" in d else
-                                        _catalogued_version(paths, d)) for d in args.dataset]
+        doc["datasets"] = [
+            CommentedMap(
+                id=d.split("@")[0], version=d.split("@")[1] if "@" in d else _catalogued_version(paths, d)
+            )
+            for d in args.dataset
+        ]
         text = f"# {args.title}\n# Created by {actor} with `enclave project create`.\n" + dump(doc)
-        commit(paths, [Edit(path, text, "project.create", {"project": args.id, "after": json.loads(json.dumps(doc))})],
-               actor, args.dry_run)
+        commit(
+            paths,
+            [Edit(path, text, "project.create", {"project": args.id, "after": json.loads(json.dumps(doc))})],
+            actor,
+            args.dry_run,
+        )
 
 
 def _catalogued_version(paths: EnclavePaths, dataset_id: str) -> str:
     doc, problems = load_document(paths.policy_dir / "datasets" / f"{dataset_id}.yaml", "dataset")
     if doc is None:
-        raise CLIError(f"dataset '{dataset_id}' is not catalogued in policies/datasets/: {'; '.join(problems)}")
+        raise CLIError(
+            f"dataset '{dataset_id}' is not catalogued in policies/datasets/: {'; '.join(problems)}"
+        )
     return doc["version"]
 
 
@@ -276,16 +319,23 @@ def cmd_project_list(args, paths):
     policy = load_policy_or_fail(paths)
     today = date.today()
     rows = [
-        {"id": p.id, "status": "expired" if p.is_expired(today) else p.status, "expiry": p.expiry.isoformat(),
-         "members": [m.uid for m in p.members], "datasets": [f"{d.id}@{d.version}" for d in p.datasets]}
+        {
+            "id": p.id,
+            "status": "expired" if p.is_expired(today) else p.status,
+            "expiry": p.expiry.isoformat(),
+            "members": [m.uid for m in p.members],
+            "datasets": [f"{d.id}@{d.version}" for d in p.datasets],
+        }
         for p in policy.projects.values()
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
-        print(f"{r['id']:<24} {r['status']:<10} expires {r['expiry']}  members: {', '.join(r['members'])}  "
-              f"datasets: {', '.join(r['datasets'])}")
+        print(
+            f"{r['id']:<24} {r['status']:<10} expires {r['expiry']}  members: {', '.join(r['members'])}  "
+            f"datasets: {', '.join(r['datasets'])}"
+        )
 
 
 def cmd_project_set(args, paths):
@@ -298,8 +348,12 @@ def cmd_project_set(args, paths):
             if not sep:
                 raise CLIError(f"'{assignment}': expected KEY=VALUE, e.g. resources.memory=4G")
             parts = key.split(".")
-            if parts[0] not in SETTABLE_TOP | SETTABLE_NESTED or (parts[0] in SETTABLE_NESTED) != (len(parts) > 1):
-                raise CLIError(f"'{key}': not settable here (members: enclave member; datasets: enclave dataset)")
+            if parts[0] not in SETTABLE_TOP | SETTABLE_NESTED or (parts[0] in SETTABLE_NESTED) != (
+                len(parts) > 1
+            ):
+                raise CLIError(
+                    f"'{key}': not settable here (members: enclave member; datasets: enclave dataset)"
+                )
             node = doc
             for part in parts[:-1]:
                 node = node.setdefault(part, CommentedMap())
@@ -318,13 +372,20 @@ def cmd_project_status(args, paths):
 
     def mutate(doc):
         if doc["status"] not in allowed:
-            raise CLIError(f"project '{args.id}' is {doc['status']}; `{args.project_command}` applies to "
-                           f"{' or '.join(sorted(allowed))} projects")
+            raise CLIError(
+                f"project '{args.id}' is {doc['status']}; `{args.project_command}` applies to "
+                f"{' or '.join(sorted(allowed))} projects"
+            )
         before, doc["status"] = doc["status"], new
         return {"before": before, "after": new, "reason": args.reason or ""}
 
     with policy_lock(paths.policy_dir):
-        commit(paths, [edit_project(paths, args.id, f"project.{args.project_command}", mutate)], actor, args.dry_run)
+        commit(
+            paths,
+            [edit_project(paths, args.id, f"project.{args.project_command}", mutate)],
+            actor,
+            args.dry_run,
+        )
 
 
 def cmd_member_add(args, paths):
@@ -391,8 +452,10 @@ def cmd_dataset_list(args, paths):
     for ds in policy.datasets.values():
         users = [p.id for p in policy.projects.values() if any(d.id == ds.id for d in p.datasets)]
         published = [p for p in users if (paths.data_dir / p / ds.id / ds.version / "manifest.json").exists()]
-        print(f"{ds.id}@{ds.version:<8} {ds.description}\n    attached to: {', '.join(users) or '-'}; "
-              f"published for: {', '.join(published) or '-'}")
+        print(
+            f"{ds.id}@{ds.version:<8} {ds.description}\n    attached to: {', '.join(users) or '-'}; "
+            f"published for: {', '.join(published) or '-'}"
+        )
 
 
 def cmd_policy_validate(args, paths):
@@ -401,7 +464,9 @@ def cmd_policy_validate(args, paths):
     except PolicyError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    print(f"OK: {len(policy.projects)} projects, {len(policy.datasets)} datasets in {display(paths.policy_dir)}")
+    print(
+        f"OK: {len(policy.projects)} projects, {len(policy.datasets)} datasets in {display(paths.policy_dir)}"
+    )
     if not args.directory:
         return 0
     uid = operator_uid(args.as_uid)
@@ -418,8 +483,10 @@ def cmd_policy_validate(args, paths):
                 print(f"ERROR {where}: '{member.uid}' not found in directory", file=sys.stderr)
                 failed = True
             elif not person.accredited:
-                print(f"WARN  {where}: '{member.uid}' is not accredited (not in enclave-researchers); "
-                      "login and spawn are refused")
+                print(
+                    f"WARN  {where}: '{member.uid}' is not accredited (not in enclave-researchers); "
+                    "login and spawn are refused"
+                )
     return 1 if failed else 0
 
 
@@ -429,11 +496,14 @@ def cmd_policy_diff(args, paths):
         raise CLIError(f"no applied policy recorded in {applied}: is the hub running?")
     changed = False
     names = {p.relative_to(applied) for p in applied.rglob("*.yaml")} | {
-        p.relative_to(paths.policy_dir) for p in paths.policy_dir.rglob("*.yaml")}
+        p.relative_to(paths.policy_dir) for p in paths.policy_dir.rglob("*.yaml")
+    }
     for rel in sorted(names):
         old = (applied / rel).read_text() if (applied / rel).exists() else ""
         new = (paths.policy_dir / rel).read_text() if (paths.policy_dir / rel).exists() else ""
-        diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"applied/{rel}", str(rel)))
+        diff = "".join(
+            difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"applied/{rel}", str(rel))
+        )
         if diff:
             changed = True
             sys.stdout.write(diff)
@@ -454,9 +524,13 @@ def cmd_policy_reload(args, paths):
             if status["ok"]:
                 print(f"applied at {status['at']}")
                 return 0
-            raise CLIError("the hub refused the policy on disk and keeps the last good one:\n" + status["problems"])
+            raise CLIError(
+                "the hub refused the policy on disk and keeps the last good one:\n" + status["problems"]
+            )
         time.sleep(0.5)
-    raise CLIError(f"the hub did not pick up the policy within {args.wait}s (is it running? {paths.policy_status_file})")
+    raise CLIError(
+        f"the hub did not pick up the policy within {args.wait}s (is it running? {paths.policy_status_file})"
+    )
 
 
 def cmd_user_reset_mfa(args, paths):
@@ -478,12 +552,14 @@ def cmd_user_reset_mfa(args, paths):
         raise CLIError(f"user reset-mfa: {exc}") from exc
     if not had:
         raise CLIError(f"user reset-mfa: '{args.uid}' has no second factor enrolled; nothing changed")
-    audit_log(str(paths.state_dir)).append(actor=actor, action="auth.mfa", target=args.uid,
-                                           details={"event": "reset"})
+    audit_log(str(paths.state_dir)).append(
+        actor=actor, action="auth.mfa", target=args.uid, details={"event": "reset"}
+    )
     print(f"{args.uid}'s second factor is reset: they enrol a new one at their next login")
 
 
 # ---- argument parsing --------------------------------------------------------------------------------
+
 
 def _changer(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
@@ -492,8 +568,12 @@ def _changer(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _operator(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--as", dest="as_uid", metavar="UID", help="operator's directory uid (default: login name)")
-    parser.add_argument("--password-file", help="file with the operator's directory password (default: prompt)")
+    parser.add_argument(
+        "--as", dest="as_uid", metavar="UID", help="operator's directory uid (default: login name)"
+    )
+    parser.add_argument(
+        "--password-file", help="file with the operator's directory password (default: prompt)"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -516,12 +596,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = project.add_parser("list", help="list projects")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_project_list)
-    p = _changer(project.add_parser("set", help="set fields: title=..., expiry=2027-06-30, resources.memory=4G"))
+    p = _changer(
+        project.add_parser("set", help="set fields: title=..., expiry=2027-06-30, resources.memory=4G")
+    )
     p.add_argument("id"), p.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     p.set_defaults(handler=cmd_project_set)
-    for name, text in (("activate", "open a proposed project (needs DRB and IRB approvals recorded)"),
-                       ("suspend", "stop all servers and refuse new ones"), ("resume", "reactivate a suspended project"),
-                       ("close", "end the agreement (final)")):
+    for name, text in (
+        ("activate", "open a proposed project (needs DRB and IRB approvals recorded)"),
+        ("suspend", "stop all servers and refuse new ones"),
+        ("resume", "reactivate a suspended project"),
+        ("close", "end the agreement (final)"),
+    ):
         p = _changer(project.add_parser(name, help=text))
         p.add_argument("id"), p.add_argument("--reason")
         p.set_defaults(handler=cmd_project_status)

@@ -39,11 +39,39 @@ NPROC_ALL_NOTEBOOKS = 16384
 # DockerSpawner only setdefault()s network_mode, so an override there would silently win.
 PROTECTED_HOST_CONFIG = frozenset(
     {
-        "network_mode", "binds", "mounts", "volumes_from", "tmpfs", "read_only", "cap_add", "cap_drop",
-        "security_opt", "privileged", "devices", "device_requests", "pid_mode", "ipc_mode", "uts_mode",
-        "userns_mode", "cgroupns", "pids_limit", "mem_limit", "memswap_limit", "cpu_quota", "cpu_period",
-        "ulimits", "sysctls", "dns", "extra_hosts", "port_bindings", "publish_all_ports", "runtime",
-        "cpu_shares", "healthcheck", "MaskedPaths", "ReadonlyPaths",
+        "network_mode",
+        "binds",
+        "mounts",
+        "volumes_from",
+        "tmpfs",
+        "read_only",
+        "cap_add",
+        "cap_drop",
+        "security_opt",
+        "privileged",
+        "devices",
+        "device_requests",
+        "pid_mode",
+        "ipc_mode",
+        "uts_mode",
+        "userns_mode",
+        "cgroupns",
+        "pids_limit",
+        "mem_limit",
+        "memswap_limit",
+        "cpu_quota",
+        "cpu_period",
+        "ulimits",
+        "sysctls",
+        "dns",
+        "extra_hosts",
+        "port_bindings",
+        "publish_all_ports",
+        "runtime",
+        "cpu_shares",
+        "healthcheck",
+        "MaskedPaths",
+        "ReadonlyPaths",
     }
 )
 
@@ -52,8 +80,17 @@ PROTECTED_HOST_CONFIG = frozenset(
 # /sys/devices/virtual/powercap is masked by later engines). A client that sets HostConfig.MaskedPaths or
 # ReadonlyPaths REPLACES these lists, so they are repeated here and ours are added after them.
 ENGINE_DEFAULT_MASKED_PATHS = (
-    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 )
 ENGINE_DEFAULT_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
@@ -66,15 +103,36 @@ SHARED_KERNEL_MASKED_PATHS = (
     # block devices: names of every loop device (= every project's workspace image) and their I/O counters.
     # Masked, not lxcfs's diskstats: on this kernel (cgroup v1 blkio without the old CFQ statistics files)
     # lxcfs served the host's whole file, and bench/covert.py measured 0.9 bits/s through it.
-    "/proc/diskstats", "/proc/partitions", "/sys/block", "/sys/class/block", "/sys/dev/block", "/sys/devices/virtual/block",
-    "/sys/class/bdi", "/sys/devices/virtual/bdi", "/sys/fs/ext4", "/sys/fs/btrfs", "/sys/fs/xfs",
+    "/proc/diskstats",
+    "/proc/partitions",
+    "/sys/block",
+    "/sys/class/block",
+    "/sys/dev/block",
+    "/sys/devices/virtual/block",
+    "/sys/class/bdi",
+    "/sys/devices/virtual/bdi",
+    "/sys/fs/ext4",
+    "/sys/fs/btrfs",
+    "/sys/fs/xfs",
     "/sys/kernel/mm/ksm",
     # host-wide memory, interrupt and scheduler counters
-    "/proc/vmstat", "/proc/zoneinfo", "/proc/buddyinfo", "/proc/pagetypeinfo", "/proc/interrupts",
-    "/proc/softirqs", "/proc/schedstat", "/proc/pressure", "/sys/devices/system/node",
+    "/proc/vmstat",
+    "/proc/zoneinfo",
+    "/proc/buddyinfo",
+    "/proc/pagetypeinfo",
+    "/proc/interrupts",
+    "/proc/softirqs",
+    "/proc/schedstat",
+    "/proc/pressure",
+    "/sys/devices/system/node",
     # host-wide tables that count other containers' objects
-    "/proc/locks", "/proc/key-users", "/proc/sys/fs/file-nr", "/proc/sys/fs/inode-nr",
-    "/proc/sys/fs/inode-state", "/proc/sys/fs/dentry-state", "/proc/sys/kernel/random/entropy_avail",
+    "/proc/locks",
+    "/proc/key-users",
+    "/proc/sys/fs/file-nr",
+    "/proc/sys/fs/inode-nr",
+    "/proc/sys/fs/inode-state",
+    "/proc/sys/fs/dentry-state",
+    "/proc/sys/kernel/random/entropy_avail",
 )
 
 # lxcfs (Debian's package, a FUSE filesystem on the host) answers these per container, from the reading
@@ -82,9 +140,13 @@ SHARED_KERNEL_MASKED_PATHS = (
 # kernel's host-wide files.
 LXCFS_DIR = Path("/var/lib/lxcfs")
 LXCFS_FILES = (
-    ("proc/cpuinfo", "/proc/cpuinfo"), ("proc/loadavg", "/proc/loadavg"),
-    ("proc/meminfo", "/proc/meminfo"), ("proc/stat", "/proc/stat"), ("proc/swaps", "/proc/swaps"),
-    ("proc/uptime", "/proc/uptime"), ("sys/devices/system/cpu/online", "/sys/devices/system/cpu/online"),
+    ("proc/cpuinfo", "/proc/cpuinfo"),
+    ("proc/loadavg", "/proc/loadavg"),
+    ("proc/meminfo", "/proc/meminfo"),
+    ("proc/stat", "/proc/stat"),
+    ("proc/swaps", "/proc/swaps"),
+    ("proc/uptime", "/proc/uptime"),
+    ("sys/devices/system/cpu/online", "/sys/devices/system/cpu/online"),
 )
 
 # CIS 5.11/5.12: a notebook gets half the CPU weight of a host daemon (1024) per CPU of its quota, so
@@ -129,7 +191,9 @@ def lxcfs_problem(lxcfs_dir: Path = LXCFS_DIR) -> str | None:
     try:
         (lxcfs_dir / "proc" / "meminfo").read_bytes()
     except OSError as exc:
-        return f"lxcfs at {lxcfs_dir} does not answer ({exc.strerror}): restart it (deploy/lib.sh ensure_lxcfs)"
+        return (
+            f"lxcfs at {lxcfs_dir} does not answer ({exc.strerror}): restart it (deploy/lib.sh ensure_lxcfs)"
+        )
     return None
 
 
@@ -221,9 +285,18 @@ def security_profile(
         "network_disabled": False,
         "labels": {"org.enclave.role": "notebook"},
         "healthcheck": {
-            "test": ["CMD", "/opt/notebook/bin/python", "-I", "-S", "-c",
-                     (HEALTHCHECK_TLS_CODE if tls is not None else HEALTHCHECK_CODE) % port],
-            "interval": 15 * SECOND_NS, "timeout": 10 * SECOND_NS, "retries": 3, "start_period": 60 * SECOND_NS,
+            "test": [
+                "CMD",
+                "/opt/notebook/bin/python",
+                "-I",
+                "-S",
+                "-c",
+                (HEALTHCHECK_TLS_CODE if tls is not None else HEALTHCHECK_CODE) % port,
+            ],
+            "interval": 15 * SECOND_NS,
+            "timeout": 10 * SECOND_NS,
+            "retries": 3,
+            "start_period": 60 * SECOND_NS,
         },
     }
     # No shared-kernel view: the engine's defaults, then every host-wide counter another project moves.
@@ -248,27 +321,43 @@ def inspect_problems(attrs: dict[str, Any]) -> list[str]:
             problems.append(problem)
 
     user = config.get("User") or "root (the image default)"
-    want(user == f"{NOTEBOOK_UID}:{NOTEBOOK_GID}", f"Config.User is {user}, not {NOTEBOOK_UID}:{NOTEBOOK_GID}")
+    want(
+        user == f"{NOTEBOOK_UID}:{NOTEBOOK_GID}", f"Config.User is {user}, not {NOTEBOOK_UID}:{NOTEBOOK_GID}"
+    )
     want(hc.get("CapDrop") == ["ALL"], f"HostConfig.CapDrop is {hc.get('CapDrop')}, not ['ALL']")
     want(not hc.get("CapAdd"), f"HostConfig.CapAdd adds {hc.get('CapAdd')}")
     want(hc.get("Privileged") is False, "HostConfig.Privileged is true")
-    want(hc.get("ReadonlyRootfs") is True, "HostConfig.ReadonlyRootfs is false: the root filesystem is writable")
+    want(
+        hc.get("ReadonlyRootfs") is True,
+        "HostConfig.ReadonlyRootfs is false: the root filesystem is writable",
+    )
     options = hc.get("SecurityOpt") or []
-    want(any(o in ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true") for o in options),
-         "HostConfig.SecurityOpt lacks no-new-privileges")
+    want(
+        any(o in ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true") for o in options),
+        "HostConfig.SecurityOpt lacks no-new-privileges",
+    )
     unconfined = [o for o in options if o.replace(":", "=") in ("seccomp=unconfined", "apparmor=unconfined")]
     want(not unconfined, f"HostConfig.SecurityOpt has {unconfined}: the engine's default profile is off")
     for key in ("PidMode", "UTSMode", "UsernsMode"):
         want(not hc.get(key), f"HostConfig.{key} is {hc.get(key)!r}: a host namespace is shared")
-    want(hc.get("IpcMode") in ("private", "none"), f"HostConfig.IpcMode is {hc.get('IpcMode')!r}, not private")
-    want(hc.get("CgroupnsMode") == "private", f"HostConfig.CgroupnsMode is {hc.get('CgroupnsMode')!r}, not private")
+    want(
+        hc.get("IpcMode") in ("private", "none"), f"HostConfig.IpcMode is {hc.get('IpcMode')!r}, not private"
+    )
+    want(
+        hc.get("CgroupnsMode") == "private",
+        f"HostConfig.CgroupnsMode is {hc.get('CgroupnsMode')!r}, not private",
+    )
     network = str(hc.get("NetworkMode") or "")
-    want(network not in ("", "default", "bridge", "host", "none") and not network.startswith("container:"),
-         f"HostConfig.NetworkMode is {network!r}, not a project network")
+    want(
+        network not in ("", "default", "bridge", "host", "none") and not network.startswith("container:"),
+        f"HostConfig.NetworkMode is {network!r}, not a project network",
+    )
     want(not hc.get("Devices"), f"HostConfig.Devices passes {hc.get('Devices')}")
     want(not hc.get("PortBindings") and not hc.get("PublishAllPorts"), "ports are published on the host")
     memory = hc.get("Memory") or 0
-    want(memory > 0 and hc.get("MemorySwap") == memory, "HostConfig.Memory is unset or differs from MemorySwap")
+    want(
+        memory > 0 and hc.get("MemorySwap") == memory, "HostConfig.Memory is unset or differs from MemorySwap"
+    )
     want((hc.get("PidsLimit") or 0) > 0, "HostConfig.PidsLimit is unset: a fork bomb is unbounded")
     want((hc.get("CpuQuota") or 0) > 0 or (hc.get("NanoCpus") or 0) > 0, "no CPU quota")
     ulimits = {u["Name"]: u for u in hc.get("Ulimits") or []}
@@ -276,16 +365,23 @@ def inspect_problems(attrs: dict[str, Any]) -> list[str]:
     want(ulimits.get("core", {}).get("Hard") == 0, "core dumps are allowed (ulimit core is not 0)")
     for path, opts in (hc.get("Tmpfs") or {}).items():
         flags = set(opts.split(","))
-        want({"noexec", "nosuid", "nodev"} <= flags and any(f.startswith("size=") for f in flags),
-             f"tmpfs {path} is not noexec,nosuid,nodev with a size cap")
-    want((hc.get("CpuShares") or 0) not in (0, 1024), "HostConfig.CpuShares is the default: no CPU priority set")
+        want(
+            {"noexec", "nosuid", "nodev"} <= flags and any(f.startswith("size=") for f in flags),
+            f"tmpfs {path} is not noexec,nosuid,nodev with a size cap",
+        )
+    want(
+        (hc.get("CpuShares") or 0) not in (0, 1024),
+        "HostConfig.CpuShares is the default: no CPU priority set",
+    )
     health = (config.get("Healthcheck") or {}).get("Test") or ["NONE"]
     want(health[0] != "NONE", "Config.Healthcheck is unset")
     masked = set(hc.get("MaskedPaths") or [])
     missing = [p for p in (*ENGINE_DEFAULT_MASKED_PATHS, *SHARED_KERNEL_MASKED_PATHS) if p not in masked]
     want(not missing, f"HostConfig.MaskedPaths lacks {missing[:4]}{' ...' if len(missing) > 4 else ''}")
     readonly = set(hc.get("ReadonlyPaths") or [])
-    want(set(ENGINE_DEFAULT_READONLY_PATHS) <= readonly, "HostConfig.ReadonlyPaths lacks the engine's defaults")
+    want(
+        set(ENGINE_DEFAULT_READONLY_PATHS) <= readonly, "HostConfig.ReadonlyPaths lacks the engine's defaults"
+    )
     lxcfs_targets = {target for _, target in LXCFS_FILES}
     bound = {str(m.get("Destination")) for m in attrs.get("Mounts") or []}
     want(lxcfs_targets <= bound, f"lxcfs files are not bound over {sorted(lxcfs_targets - bound)}")

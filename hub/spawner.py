@@ -152,7 +152,9 @@ class EnclaveSpawner(DockerSpawner):
     def _refuse_profile_overrides(self, proposal):
         value = proposal["value"]
         if callable(value):
-            raise TypeError(f"EnclaveSpawner.{proposal['trait'].name} may not be a callable: it would bypass the profile")
+            raise TypeError(
+                f"EnclaveSpawner.{proposal['trait'].name} may not be a callable: it would bypass the profile"
+            )
         clash = sorted(set(value) & (PROTECTED_HOST_CONFIG | {"host_config", "image", "user", "volumes"}))
         if clash:
             raise ValueError(
@@ -213,9 +215,13 @@ class EnclaveSpawner(DockerSpawner):
                     status=409,
                 )
             if ref.id not in policy.datasets:
-                raise SpawnRefused(f"Cannot start {project.id}: dataset {ref.id} is not catalogued.", status=409)
+                raise SpawnRefused(
+                    f"Cannot start {project.id}: dataset {ref.id} is not catalogued.", status=409
+                )
             try:
-                mounted = ensure_dataset_filesystem(Path(self.state_dir), published, project.id, ref.id, ref.version)
+                mounted = ensure_dataset_filesystem(
+                    Path(self.state_dir), published, project.id, ref.id, ref.version
+                )
             except WorkspaceError as exc:
                 raise SpawnError(f"Cannot start {project.id}: {exc}") from exc
             mounts.append(Mount(mounted, f"{DATA_ROOT}/{ref.id}", read_only=True))
@@ -226,8 +232,13 @@ class EnclaveSpawner(DockerSpawner):
         """The project's shared workspace, owned by the notebook uid, quota'd when the policy says so.
         ``in_use``: a server of the project runs, so its filesystem stays online (blocking; executor)."""
         try:
-            return ensure_workspace(self.paths.workspaces_dir, project.id, project.resources.workspace_quota,
-                                    in_use=in_use, mkfs=tuple(self.workspace_mkfs))
+            return ensure_workspace(
+                self.paths.workspaces_dir,
+                project.id,
+                project.resources.workspace_quota,
+                in_use=in_use,
+                mkfs=tuple(self.workspace_mkfs),
+            )
         except WorkspaceError as exc:
             raise SpawnError(f"Cannot start {project.id}: {exc}") from exc
 
@@ -243,7 +254,9 @@ class EnclaveSpawner(DockerSpawner):
         try:
             await self.docker("ping")
         except Exception as exc:  # docker raises several unrelated types for "cannot connect"
-            host = (self.client_kwargs or {}).get("base_url") or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+            host = (self.client_kwargs or {}).get("base_url") or os.environ.get(
+                "DOCKER_HOST", "unix:///var/run/docker.sock"
+            )
             raise SpawnRefused(
                 f"The container engine is unreachable ({host}): {type(exc).__name__}. "
                 "Nothing was created; ask the operator to start dockerd.",
@@ -285,15 +298,21 @@ class EnclaveSpawner(DockerSpawner):
         configs = net.get("IPAM", {}).get("Config") or []
         gateway = next((c.get("Gateway") for c in configs if c.get("Gateway")), None)
         if not gateway:
-            raise SpawnRefused(f"Network {net['Name']} has no gateway address; cannot reach the hub from it.", 500)
+            raise SpawnRefused(
+                f"Network {net['Name']} has no gateway address; cannot reach the hub from it.", 500
+            )
         return gateway
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def record(self, action: str, outcome: str = "ok", **details: Any) -> None:
         self.audit.append(
-            actor=self.user.name, action=action, project=self.name or "(none)",
-            target=f"{self.user.name}/{self.name}", outcome=outcome, details=details,
+            actor=self.user.name,
+            action=action,
+            project=self.name or "(none)",
+            target=f"{self.user.name}/{self.name}",
+            outcome=outcome,
+            details=details,
         )
 
     async def start(self):
@@ -312,8 +331,10 @@ class EnclaveSpawner(DockerSpawner):
             # A hung FUSE daemon blocks its readers: ask it from the executor, not the event loop.
             problem = await in_executor(FILESYSTEM_EXECUTOR, lxcfs_problem, Path(self.lxcfs_dir))
             if problem:
-                raise SpawnError(f"Cannot start {project.id}: {problem}. Without it the container would "
-                                 "see the host's memory, load and disk counters.")
+                raise SpawnError(
+                    f"Cannot start {project.id}: {problem}. Without it the container would "
+                    "see the host's memory, load and disk counters."
+                )
             in_use = await self.project_in_use(project.id)
             mounts = await in_executor(FILESYSTEM_EXECUTOR, self.project_mounts, project, in_use)
             gateway = await self.ensure_network(project)
@@ -352,8 +373,14 @@ class EnclaveSpawner(DockerSpawner):
             ip_port = await super().start()
             if tls is not None:
                 # Signed for the address the engine gave; the container starts its server when it appears.
-                await in_executor(TLS_EXECUTOR, internal_tls.sign_server, Path(self.state_dir),
-                                  self.container_name, ip_port[0], (NOTEBOOK_UID, NOTEBOOK_GID))
+                await in_executor(
+                    TLS_EXECUTOR,
+                    internal_tls.sign_server,
+                    Path(self.state_dir),
+                    self.container_name,
+                    ip_port[0],
+                    (NOTEBOOK_UID, NOTEBOOK_GID),
+                )
         except Exception as exc:
             self.record("server.spawn", "error", reason=f"{type(exc).__name__}: {exc}")
             raise
@@ -361,9 +388,13 @@ class EnclaveSpawner(DockerSpawner):
         self.image_digest = container["Image"]  # what runs, even if the tag moved since
         self.record("server.start", image=site.image, image_digest=self.image_digest)
         for ref in project.datasets:
-            self.audit.append(actor=self.user.name, action="dataset.mount", project=project.id,
-                              target=f"{ref.id}@{ref.version}", details={"server": f"{self.user.name}/{self.name}",
-                                                                       "read_only": True})
+            self.audit.append(
+                actor=self.user.name,
+                action="dataset.mount",
+                project=project.id,
+                target=f"{ref.id}@{ref.version}",
+                details={"server": f"{self.user.name}/{self.name}", "read_only": True},
+            )
         return ip_port
 
     # ---- TLS inside (hub/internal_tls.py) ----------------------------------------------------------------
@@ -382,8 +413,9 @@ class EnclaveSpawner(DockerSpawner):
         """An empty certificate directory for this server, or None when internal_ssl is off."""
         if not self.internal_ssl:
             return None
-        return await in_executor(TLS_EXECUTOR, internal_tls.prepare_server_dir, Path(self.state_dir),
-                                 self.container_name)
+        return await in_executor(
+            TLS_EXECUTOR, internal_tls.prepare_server_dir, Path(self.state_dir), self.container_name
+        )
 
     async def get_command(self):
         command = await super().get_command()
@@ -435,8 +467,10 @@ class EnclaveSpawner(DockerSpawner):
             environment=self.get_env(),
             command=await self.get_command(),
             ports={f"{self.port}/tcp": None},
-            host_config={**self.client.create_host_config(**profile["host_config"]),
-                         **profile["engine_host_config"]},
+            host_config={
+                **self.client.create_host_config(**profile["host_config"]),
+                **profile["engine_host_config"],
+            },
             labels={**create["labels"], "org.enclave.project": self.name},
         )
         return await self.docker("create_container", **create)
@@ -451,8 +485,12 @@ class EnclaveSpawner(DockerSpawner):
         try:
             self.record("server.spawn", image=image, image_digest=digest)
         except AuditWriteError as exc:
-            self.log.error("spawn of %s/%s refused: the audit trail cannot be written: %s",
-                           self.user.name, self.name, exc)
+            self.log.error(
+                "spawn of %s/%s refused: the audit trail cannot be written: %s",
+                self.user.name,
+                self.name,
+                exc,
+            )
             raise SpawnError(AuditUnavailable("start a server").reason_text, 503) from exc
         return digest
 
@@ -460,7 +498,9 @@ class EnclaveSpawner(DockerSpawner):
         digest = self.image_digest
         await super().stop(now=now)
         if self.internal_ssl:  # the key goes with its server
-            await in_executor(TLS_EXECUTOR, internal_tls.remove_server_dir, Path(self.state_dir), self.container_name)
+            await in_executor(
+                TLS_EXECUTOR, internal_tls.remove_server_dir, Path(self.state_dir), self.container_name
+            )
         if stop_requested_here(self.user.name, self.name, digest):
             return  # asked for over the API: hub/audit_hooks.py records it once, naming who asked
         if not digest:
@@ -468,7 +508,9 @@ class EnclaveSpawner(DockerSpawner):
         # Stopped without a request (the hub shutting a server down): the server is gone, so the record
         # must not be lost either; on a full disk it goes to the spool.
         self.audit.append_or_spool(
-            actor=self.user.name, action="server.stop", project=self.name or "(none)",
-            target=f"{self.user.name}/{self.name}", details={"image_digest": digest or "unknown"},
+            actor=self.user.name,
+            action="server.stop",
+            project=self.name or "(none)",
+            target=f"{self.user.name}/{self.name}",
+            details={"image_digest": digest or "unknown"},
         )
-

@@ -36,8 +36,13 @@ def image_path(workspaces_dir: Path, project: str) -> Path:
     return workspaces_dir / f".{project}.ext4"
 
 
-def ensure_workspace(workspaces_dir: Path, project: str, quota: str | None, in_use: bool = False,
-                     mkfs: tuple[str, ...] = ("mkfs.ext4",)) -> Path:
+def ensure_workspace(
+    workspaces_dir: Path,
+    project: str,
+    quota: str | None,
+    in_use: bool = False,
+    mkfs: tuple[str, ...] = ("mkfs.ext4",),
+) -> Path:
     """Create (and with a quota, mount or grow) the workspace of ``project``; return its path.
 
     Blocking (mkfs, e2fsck, resize2fs, mount run for up to seconds): the hub calls it from an executor.
@@ -49,14 +54,17 @@ def ensure_workspace(workspaces_dir: Path, project: str, quota: str | None, in_u
     path = workspaces_dir / project
     path.mkdir(exist_ok=True)
     if quota:
-        _ensure_filesystem(path, image_path(workspaces_dir, project), memory_bytes(quota), project, in_use, mkfs)
+        _ensure_filesystem(
+            path, image_path(workspaces_dir, project), memory_bytes(quota), project, in_use, mkfs
+        )
     os.chown(path, NOTEBOOK_UID, NOTEBOOK_GID)
     path.chmod(0o770)
     return path
 
 
-def _ensure_filesystem(path: Path, image: Path, size: int, project: str, in_use: bool,
-                       mkfs: tuple[str, ...] = ("mkfs.ext4",)) -> None:
+def _ensure_filesystem(
+    path: Path, image: Path, size: int, project: str, in_use: bool, mkfs: tuple[str, ...] = ("mkfs.ext4",)
+) -> None:
     if not image.exists():
         if any(path.iterdir()) and not os.path.ismount(path):
             raise WorkspaceError(
@@ -64,10 +72,20 @@ def _ensure_filesystem(path: Path, image: Path, size: int, project: str, in_use:
                 f"giving it a workspace_quota (nothing was changed)"
             )
         tmp = image.with_suffix(".tmp")
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as fh:
+        with os.fdopen(
+            os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb"
+        ) as fh:
             fh.truncate(size)  # sparse: disk is used as the workspace fills
-        _run(*mkfs, "-q", "-F", "-m", "0", "-E",
-             f"root_owner={NOTEBOOK_UID}:{NOTEBOOK_GID},lazy_itable_init=1,lazy_journal_init=1", str(tmp))
+        _run(
+            *mkfs,
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            f"root_owner={NOTEBOOK_UID}:{NOTEBOOK_GID},lazy_itable_init=1,lazy_journal_init=1",
+            str(tmp),
+        )
         os.replace(tmp, image)
     current = image.stat().st_size
     if size > current and not in_use and _unmount_if_idle(path, image):
@@ -78,9 +96,13 @@ def _ensure_filesystem(path: Path, image: Path, size: int, project: str, in_use:
         _run("resize2fs", "-f", str(image))
         log.info("workspace of %s grown to %d bytes", project, size)
     elif size > current:
-        log.warning("workspace of %s stays at %d bytes until its last server stops (in use)", project, current)
+        log.warning(
+            "workspace of %s stays at %d bytes until its last server stops (in use)", project, current
+        )
     elif size < current:
-        log.warning("workspace of %s keeps %d bytes: shrinking to %d needs it offline", project, current, size)
+        log.warning(
+            "workspace of %s keeps %d bytes: shrinking to %d needs it offline", project, current, size
+        )
     if not os.path.ismount(path):
         attached = _attached_loop(image)
         if attached:  # a container still holds it: mount that device, never a second one on the same file

@@ -82,7 +82,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
         except Exception as exc:  # noqa: BLE001 -- keep polling, report the last error
             last = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
+    raise TimeoutError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last!r})" if last else "")
+    )
 
 
 @dataclass
@@ -97,8 +99,10 @@ class Directory:
         return self.root / "ldap"
 
     def start(self) -> Directory:
-        subprocess.run([PYTHON, REPO / "deploy/localldap.py", "start", "--dir", self.dir, "--port", str(self.port)],
-                       check=True)
+        subprocess.run(
+            [PYTHON, REPO / "deploy/localldap.py", "start", "--dir", self.dir, "--port", str(self.port)],
+            check=True,
+        )
         return self
 
     def stop(self) -> None:
@@ -112,8 +116,21 @@ class Directory:
     def modify(self, ldif: str) -> None:
         """ldapmodify as the directory's administrator; raises with ldapmodify's message on failure."""
         result = subprocess.run(
-            ["ldapmodify", "-x", "-ZZ", "-H", f"ldap://127.0.0.1:{self.port}/", "-D", f"cn=admin,{BASE_DN}",
-             "-y", str(self.dir / "rootpw")], input=ldif, text=True, capture_output=True, check=False,
+            [
+                "ldapmodify",
+                "-x",
+                "-ZZ",
+                "-H",
+                f"ldap://127.0.0.1:{self.port}/",
+                "-D",
+                f"cn=admin,{BASE_DN}",
+                "-y",
+                str(self.dir / "rootpw"),
+            ],
+            input=ldif,
+            text=True,
+            capture_output=True,
+            check=False,
             env=dict(os.environ, LDAPTLS_CACERT=str(self.dir / "ca.pem")),
         )
         if result.returncode != 0:
@@ -123,18 +140,24 @@ class Directory:
         return f"uid={uid},ou=people,{BASE_DN}"
 
     def add_user(self, uid: str, groups: list[str] = (), password: str | None = None) -> None:
-        self.modify(f"dn: {self.user_dn(uid)}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\n"
-                    f"cn: Test {uid}\nsn: {uid}\nuserPassword: {ssha(password or f'demo-{uid}')}\n")
+        self.modify(
+            f"dn: {self.user_dn(uid)}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {uid}\n"
+            f"cn: Test {uid}\nsn: {uid}\nuserPassword: {ssha(password or f'demo-{uid}')}\n"
+        )
         for group in groups:
             self.add_to_group(uid, group)
 
     def add_to_group(self, uid: str, group: str) -> None:
-        self.modify(f"dn: cn={group},ou=groups,{BASE_DN}\nchangetype: modify\nadd: member\n"
-                    f"member: {self.user_dn(uid)}\n")
+        self.modify(
+            f"dn: cn={group},ou=groups,{BASE_DN}\nchangetype: modify\nadd: member\n"
+            f"member: {self.user_dn(uid)}\n"
+        )
 
     def remove_from_group(self, uid: str, group: str) -> None:
-        self.modify(f"dn: cn={group},ou=groups,{BASE_DN}\nchangetype: modify\ndelete: member\n"
-                    f"member: {self.user_dn(uid)}\n")
+        self.modify(
+            f"dn: cn={group},ou=groups,{BASE_DN}\nchangetype: modify\ndelete: member\n"
+            f"member: {self.user_dn(uid)}\n"
+        )
 
     def delete_user(self, uid: str, groups: list[str] = ()) -> None:
         for group in groups:
@@ -143,8 +166,10 @@ class Directory:
 
     def disable(self, uid: str) -> None:
         """Suspend the account as hub/accreditation.py defines it: shadowExpire in the past."""
-        self.modify(f"dn: {self.user_dn(uid)}\nchangetype: modify\nadd: objectClass\nobjectClass: shadowAccount\n"
-                    f"-\nadd: shadowExpire\nshadowExpire: 1\n")
+        self.modify(
+            f"dn: {self.user_dn(uid)}\nchangetype: modify\nadd: objectClass\nobjectClass: shadowAccount\n"
+            f"-\nadd: shadowExpire\nshadowExpire: 1\n"
+        )
 
 
 @dataclass
@@ -191,8 +216,11 @@ class Hub:
             proxy_api_port=self.api_port,
             exports_port=self.exports_port,
         )
-        site["ldap"].update(server_port=self.directory.port, ca_file=str(self.directory.dir / "ca.pem"),
-                            bind_password_file=str(self.directory.reader_password_file))
+        site["ldap"].update(
+            server_port=self.directory.port,
+            ca_file=str(self.directory.dir / "ca.pem"),
+            bind_password_file=str(self.directory.reader_password_file),
+        )
         (self.policy / "site.yaml").write_text(yaml.safe_dump(site, sort_keys=False))
         (self.state / "hub").mkdir(parents=True)
         (self.state / "logs").mkdir()
@@ -210,9 +238,13 @@ class Hub:
     def enrol_demo_users(self) -> None:
         """What deploy/demo does: every demo user enrolled, secrets in state/demo-totp/<uid>."""
         seed = getattr(self.directory, "seed", None) or REPO / "deploy/demo-directory.yaml"  # bench: its own
-        subprocess.run([PYTHON, "-m", "hub.mfa", "enrol-demo", str(self.state), "--seed", str(seed)],
-                       check=True, cwd=REPO, env=self.env(),
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [PYTHON, "-m", "hub.mfa", "enrol-demo", str(self.state), "--seed", str(seed)],
+            check=True,
+            cwd=REPO,
+            env=self.env(),
+            stdout=subprocess.DEVNULL,
+        )
 
     def totp_secret(self, user: str) -> str:
         return (self.state / "demo-totp" / user).read_text().strip()
@@ -238,10 +270,21 @@ class Hub:
             self.start_proxy()
         log = open(self.state / "logs" / "hub.log", "ab")  # noqa: SIM115 -- the hub process keeps it
         self.procs["hub"] = subprocess.Popen(
-            [str(Path(PYTHON).parent / "jupyterhub"), "-f", str(REPO / "hub/jupyterhub_config.py"), *self.hub_args],
-            cwd=self.state / "hub", env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(Path(PYTHON).parent / "jupyterhub"),
+                "-f",
+                str(REPO / "hub/jupyterhub_config.py"),
+                *self.hub_args,
+            ],
+            cwd=self.state / "hub",
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        wait_for(self._healthy, timeout, f"hub {self.name} to answer /hub/health (log: {self.state}/logs/hub.log)")
+        wait_for(
+            self._healthy, timeout, f"hub {self.name} to answer /hub/health (log: {self.state}/logs/hub.log)"
+        )
         return self
 
     def start_proxy(self) -> None:
@@ -249,10 +292,25 @@ class Hub:
         log = open(self.state / "logs" / "proxy.log", "ab")  # noqa: SIM115 -- the proxy process keeps it
         internal_tls.ensure_authorities(self.state)  # TLS inside: the proxy starts before the hub makes them
         self.procs["proxy"] = subprocess.Popen(
-            [CHP, "--ip", "127.0.0.1", "--port", str(self.public_port), "--api-ip", "127.0.0.1",
-             "--api-port", str(self.api_port), "--error-target", f"https://127.0.0.1:{self.hub_internal_port}/hub/error",
-             "--log-level", "warn", *internal_tls.proxy_args(self.state)],
-            env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token), stdout=log, stderr=subprocess.STDOUT,
+            [
+                CHP,
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(self.public_port),
+                "--api-ip",
+                "127.0.0.1",
+                "--api-port",
+                str(self.api_port),
+                "--error-target",
+                f"https://127.0.0.1:{self.hub_internal_port}/hub/error",
+                "--log-level",
+                "warn",
+                *internal_tls.proxy_args(self.state),
+            ],
+            env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -295,7 +353,9 @@ class Hub:
         from hub.services import find_services, stop_processes
 
         deadline = time.monotonic() + wait  # a service may still be finishing its SIGTERM
-        while (found := find_services(str(self.state), self.hub_internal_port)) and time.monotonic() < deadline:
+        while (
+            found := find_services(str(self.state), self.hub_internal_port)
+        ) and time.monotonic() < deadline:
             time.sleep(0.2)
         stop_processes([s.pid for s in found], grace=2)
         return [s.describe() for s in found]
@@ -328,8 +388,11 @@ def remove_docker_objects(prefix: str) -> None:
 
 def publish_demo_data(state: Path, policy: Path) -> None:
     """The same demo data deploy/demo publishes, small, for every project in the policy copy."""
-    subprocess.run([str(REPO / "deploy/demo-data"), str(state), str(policy), "--persons", "300"], check=True,
-                   env=dict(os.environ, PATH=f"{Path(PYTHON).parent}:{os.environ['PATH']}"))
+    subprocess.run(
+        [str(REPO / "deploy/demo-data"), str(state), str(policy), "--persons", "300"],
+        check=True,
+        env=dict(os.environ, PATH=f"{Path(PYTHON).parent}:{os.environ['PATH']}"),
+    )
 
 
 class HubClient:
@@ -361,7 +424,9 @@ class HubClient:
         xsrf = self.session.cookies.get("_xsrf", path="/hub/")
         if xsrf:
             headers["X-XSRFToken"] = xsrf
-        return self.session.request(method, f"{self.hub.url}/hub/api{path}", headers=headers, timeout=60, **kwargs)
+        return self.session.request(
+            method, f"{self.hub.url}/hub/api{path}", headers=headers, timeout=60, **kwargs
+        )
 
     def start(self, project: str, **kwargs) -> requests.Response:
         return self.api("POST", f"/users/{self.user}/servers/{project}", **kwargs)
@@ -381,7 +446,9 @@ class HubClient:
 
     def spawn(self, project: str, timeout: float = 120) -> dict:
         response = self.start(project)
-        assert response.status_code in (201, 202), f"spawn {self.user}/{project}: {response.status_code} {response.text}"
+        assert response.status_code in (201, 202), (
+            f"spawn {self.user}/{project}: {response.status_code} {response.text}"
+        )
         return self.wait_ready(project, timeout)
 
     def stop(self, project: str) -> None:
@@ -402,7 +469,9 @@ class HubClient:
         return message
 
 
-def docker_exec(container, cmd: list[str] | str, user: str = "1000:1000", timeout: int = 60) -> tuple[int, str]:
+def docker_exec(
+    container, cmd: list[str] | str, user: str = "1000:1000", timeout: int = 60
+) -> tuple[int, str]:
     """Run a command in a notebook container as the researcher would (same uid, same environment)."""
     if isinstance(cmd, str):
         cmd = ["/bin/bash", "-c", cmd]

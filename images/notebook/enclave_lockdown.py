@@ -33,7 +33,9 @@ def report_refusal(route: str, path: str) -> None:
         return
     body = json.dumps({"route": route, "path": path[:500]}).encode()
     req = urllib.request.Request(
-        url_path_join(url, "api/v1/sidedoor"), data=body, method="POST",
+        url_path_join(url, "api/v1/sidedoor"),
+        data=body,
+        method="POST",
         headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
     )
     try:
@@ -52,7 +54,9 @@ class RefusedHandler(JupyterHandler):
         route = self.request.path
         self.log.warning("enclave: refused side-door request %s %s", self.request.method, route)
         # In a worker thread: a slow or absent export service must not stall this server's event loop.
-        IOLoop.current().run_in_executor(None, report_refusal, self.request.method + " " + route.split("?", 1)[0], route)
+        IOLoop.current().run_in_executor(
+            None, report_refusal, self.request.method + " " + route.split("?", 1)[0], route
+        )
         raise web.HTTPError(403, REFUSAL)
 
     get = post = put = delete = patch = head = _refuse
@@ -88,9 +92,14 @@ class CappedContentsManager(LargeFileManager):
             except OSError:
                 pass
         if size > self.upload_cap_bytes:
-            self.log.warning("enclave: refused upload of %s (%d bytes > cap %d)", path, size, self.upload_cap_bytes)
+            self.log.warning(
+                "enclave: refused upload of %s (%d bytes > cap %d)", path, size, self.upload_cap_bytes
+            )
             report_refusal("upload-over-cap", path)
-            raise web.HTTPError(413, f"Upload refused: {path} is larger than the enclave's cap of {self.upload_cap_bytes} bytes.")
+            raise web.HTTPError(
+                413,
+                f"Upload refused: {path} is larger than the enclave's cap of {self.upload_cap_bytes} bytes.",
+            )
         return super().save(model, path)
 
 
@@ -117,7 +126,7 @@ class SideDoorMatcher(Matcher):
         path = normalized(request.path)
         if not path.startswith(self.base):
             return None
-        rest = path[len(self.base):]
+        rest = path[len(self.base) :]
         if DOWNLOAD_ROUTES.match(rest) or (not self.terminals and TERMINAL_ROUTES.match(rest)):
             return {"path_args": [], "path_kwargs": {}}
         return None
@@ -132,5 +141,8 @@ def _load_jupyter_server_extension(serverapp):
     terminals = bool(getattr(serverapp, "terminals_enabled", False))
     # add_handlers puts these ahead of the server's own routes (tornado's default router is searched first)
     serverapp.web_app.add_handlers(".*$", [Rule(SideDoorMatcher(base, terminals), RefusedHandler)])
-    serverapp.log.info("enclave_lockdown: download routes closed%s, uploads capped at %d bytes",
-                       "" if terminals else ", terminals closed", serverapp.contents_manager.upload_cap_bytes)
+    serverapp.log.info(
+        "enclave_lockdown: download routes closed%s, uploads capped at %d bytes",
+        "" if terminals else ", terminals closed",
+        serverapp.contents_manager.upload_cap_bytes,
+    )

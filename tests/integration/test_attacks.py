@@ -430,7 +430,9 @@ out([sorted(os.listdir("/data")), [[m[3], m[4]] for m in mounts if m[4].startswi
     # Its own read-only squashfs, mounted whole (hub/dataset_images.py), built from demo-cardio's version.
     assert data_mounts[0][0] == "/", data_mounts
     assert " - squashfs " in next(line for line in mountinfo.splitlines() if " /data/synthetic-omop " in line)
-    sources = [m["Source"] for m in enclave.alice_container().attrs["Mounts"] if m["Destination"].startswith("/data")]
+    sources = [
+        m["Source"] for m in enclave.alice_container().attrs["Mounts"] if m["Destination"].startswith("/data")
+    ]
     assert len(sources) == 1 and f"/data-images/{CARDIO}/synthetic-omop/" in sources[0], sources
     assert ONCOLOGY not in mountinfo, "nothing of demo-oncology is mounted"
 
@@ -911,7 +913,9 @@ out(res)
     )
     *attacks, (whoami_status, whoami) = results
     for (method, path, _, status, message), (got, body) in zip(HUB_API_ATTACKS, attacks):
-        assert got == 403 and "Only the notebook server's own hub calls pass here" in body, f"{method} {path}: {got} {body}"
+        assert got == 403 and "Only the notebook server's own hub calls pass here" in body, (
+            f"{method} {path}: {got} {body}"
+        )
     assert whoami_status == 200 and whoami["name"] == "alice", "the token works: it is the scopes that refuse"
     # Every scope is alice's own (filtered to her, or her own server), except the export client's request
     # scope, which the export service itself limits to her own projects.

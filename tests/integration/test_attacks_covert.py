@@ -54,8 +54,15 @@ def test_loop_device_counters_carry_no_person_id_between_projects(pair):
     sender, receiver = pair
     payload = secrets.token_hex(5)  # 10 characters, as the person id of the 2026 attack
     bits = bits_of(payload)
-    result = run_channel(sender, receiver, "block-counters", bits, slot=0.4, host_receiver=host_reader,
-                         target=f".{SENDER_PROJECT}.ext4")
+    result = run_channel(
+        sender,
+        receiver,
+        "block-counters",
+        bits,
+        slot=0.4,
+        host_receiver=host_reader,
+        target=f".{SENDER_PROJECT}.ext4",
+    )
     # The control: the host, whose counters are not masked, decodes what bob sent.
     assert result["host_ber"] <= 0.15, f"the sender's signal did not reach the host's counters: {result}"
     # alice's container saw nothing move at all: not one counter of any block device.
@@ -67,11 +74,14 @@ def test_no_block_device_or_loop_backing_file_of_any_project_is_visible(hub, pai
     _, receiver = pair
     host_backing = [p.read_text().strip() for p in Path("/sys/block").glob("loop*/loop/backing_file")]
     assert any("demo-oncology" in b for b in host_backing), "control: bob's workspace image is a loop device"
-    _, out = docker_exec(receiver, (
-        "cat /proc/partitions /proc/diskstats; find /sys/block /sys/class/block /sys/dev/block "
-        "/sys/devices/virtual/block /sys/class/bdi /sys/fs/ext4 -mindepth 1; find /sys -name backing_file 2>/dev/null; "
-        "grep -rsl -e demo-oncology -e .ext4 /sys/devices/virtual /sys/class /sys/fs /proc/partitions 2>/dev/null"
-    ))
+    _, out = docker_exec(
+        receiver,
+        (
+            "cat /proc/partitions /proc/diskstats; find /sys/block /sys/class/block /sys/dev/block "
+            "/sys/devices/virtual/block /sys/class/bdi /sys/fs/ext4 -mindepth 1; find /sys -name backing_file 2>/dev/null; "
+            "grep -rsl -e demo-oncology -e .ext4 /sys/devices/virtual /sys/class /sys/fs /proc/partitions 2>/dev/null"
+        ),
+    )
     assert out.strip() == "", out
     disks = [os.path.realpath(p) for p in Path("/sys/block").iterdir()]
     physical = [d for d in disks if not d.startswith("/sys/devices/virtual/")]
@@ -80,8 +90,10 @@ def test_no_block_device_or_loop_backing_file_of_any_project_is_visible(hub, pai
         assert out.strip() == "", f"{disk}: {out}"
 
 
-STATVFS = ("import os, json; print(json.dumps({p: list(os.statvfs(p)) for p in "
-           "('/data/synthetic-omop', '/workspace')}))")
+STATVFS = (
+    "import os, json; print(json.dumps({p: list(os.statvfs(p)) for p in "
+    "('/data/synthetic-omop', '/workspace')}))"
+)
 
 
 def test_statvfs_on_data_and_workspace_does_not_move_while_the_host_writes(hub, pair):

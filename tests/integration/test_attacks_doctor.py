@@ -55,8 +55,22 @@ def test_posture_is_ok_while_a_server_runs(hub, running):
     result = json.loads(output)
     assert code == 0 and result["ok"] is True, output
     reasons = {c["name"]: c["reason"] for c in result["checks"]}
-    assert set(reasons) == {"engine", "firewall", "networks", "profile", "image", "keys", "proxy", "lxcfs",
-                            "services", "enforcer", "oauth", "disk", "identity", "tls"}
+    assert set(reasons) == {
+        "engine",
+        "firewall",
+        "networks",
+        "profile",
+        "image",
+        "keys",
+        "proxy",
+        "lxcfs",
+        "services",
+        "enforcer",
+        "oauth",
+        "disk",
+        "identity",
+        "tls",
+    }
     assert "CVE-2024-29018" in reasons["engine"]
     assert f"admitting only tcp {hub.hub_port} (hub) and {hub.exports_port} (exports)" in reasons["firewall"]
 

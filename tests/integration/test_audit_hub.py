@@ -33,15 +33,20 @@ def test_login_spawn_stop_are_on_a_verifiable_trail(hub, capsys):
     assert ("alice", "ok", "password and second factor verified") in logins
 
     # A spawn the hub answers 202 for (slow under load) is refused in the background: wait for its record.
-    refused = wait_for(lambda: [r for r in records(hub, action="server.spawn", actor="bob") if r["outcome"] == "denied"],
-                       60, "bob's refused spawn on the trail")
+    refused = wait_for(
+        lambda: [r for r in records(hub, action="server.spawn", actor="bob") if r["outcome"] == "denied"],
+        60,
+        "bob's refused spawn on the trail",
+    )
     assert refused and "bob is not a member of project demo-cardio" in refused[-1]["details"]["reason"]
 
     started = [r for r in records(hub, action="server.start", actor="alice", project="demo-cardio")]
     assert started and started[-1]["details"]["image_digest"].startswith("sha256:")
     assert started[-1]["target"] == "alice/demo-cardio"
     mounts = records(hub, action="dataset.mount", actor="alice")
-    assert mounts and mounts[-1]["target"] == "synthetic-omop@1" and mounts[-1]["details"]["read_only"] is True
+    assert (
+        mounts and mounts[-1]["target"] == "synthetic-omop@1" and mounts[-1]["details"]["read_only"] is True
+    )
     stopped = records(hub, action="server.stop", actor="alice")
     assert stopped and stopped[-1]["details"]["image_digest"] == started[-1]["details"]["image_digest"]
     assert records(hub, action="auth.logout", actor="alice")
@@ -62,6 +67,8 @@ def test_idle_cull_is_audited(fresh_hub):
     alice = HubClient(h, "alice")
     alice.login()
     alice.spawn("demo-cardio")
-    culled = wait_for(lambda: records(h, action="server.cull"), 150, "the idle culler to stop alice's server", 2)
+    culled = wait_for(
+        lambda: records(h, action="server.cull"), 150, "the idle culler to stop alice's server", 2
+    )
     assert culled[-1]["actor"] == "service:idle-culler" and culled[-1]["target"] == "alice/demo-cardio"
     assert alice.server("demo-cardio") is None

@@ -10,8 +10,15 @@ from tests.harness import HubClient
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def test_alice_logs_in_and_works_in_jupyterlab(hub):
@@ -32,7 +39,9 @@ def test_alice_logs_in_and_works_in_jupyterlab(hub):
         page.click("#start-demo-cardio")
         page.wait_for_url(re.compile(r".*/user/alice/demo-cardio/lab.*"), timeout=120_000)
         page.wait_for_selector(".jp-LauncherCard", timeout=120_000)
-        assert page.locator(".jp-LauncherCard[title*='Terminal']").count() == 0, "terminals are off for demo-cardio"
+        assert page.locator(".jp-LauncherCard[title*='Terminal']").count() == 0, (
+            "terminals are off for demo-cardio"
+        )
         browser.close()
     alice = HubClient(hub, "alice")
     alice.login()

@@ -50,9 +50,13 @@ def test_published_data_is_intact_and_keys_stay_on_the_host(hub, both):
         assert verify(hub.state / "data" / project / "synthetic-omop" / "1") == []
     container = both[0]
     secrets = [p.read_bytes().strip() for p in (hub.state / "secrets").iterdir() if p.is_file()]
-    assert any(b"master" in p.name.encode() for p in (hub.state / "secrets").iterdir()), "ingest made a master key"
+    assert any(b"master" in p.name.encode() for p in (hub.state / "secrets").iterdir()), (
+        "ingest made a master key"
+    )
     needles = [s[:32].hex() for s in secrets if len(s) >= 16]
-    code, out = py_exec(container, f"""
+    code, out = py_exec(
+        container,
+        f"""
 import os
 needles = [bytes.fromhex(n) for n in {needles!r}]
 found = []
@@ -67,14 +71,20 @@ for top in ('/data', '/workspace', '/home', '/tmp', '/etc', '/run'):
                 found.append(os.path.join(d, f))
 env = open('/proc/self/environ', 'rb').read()
 print(found, any(n in env for n in needles))
-""")
+""",
+    )
     assert code == 0 and out.strip() == "[] False", out
-    code, out = py_exec(container, """
+    code, out = py_exec(
+        container,
+        """
 for line in open('/proc/self/mountinfo'):
     fields = line.split()
     if fields[4] == '/data/synthetic-omop':
         print(fields[5])
-""")
-    assert code == 0 and out.strip().split(",")[0] == "ro", f"/data/synthetic-omop must be mounted read-only: {out}"
+""",
+    )
+    assert code == 0 and out.strip().split(",")[0] == "ro", (
+        f"/data/synthetic-omop must be mounted read-only: {out}"
+    )
     code, out = py_exec(container, "open('/data/synthetic-omop/person.parquet', 'wb')")
     assert code != 0 and ("Read-only file system" in out or "Permission denied" in out)

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 # --------------------------------------------------------------------------------------------------
 # The attacker's script: runs in the container, as uid 1000, on the real /data.
 
-BUILD = r'''
+BUILD = r"""
 import base64, io, json, os, struct, zlib
 os.environ.setdefault("MPLCONFIGDIR", "/tmp/mpl")
 import numpy as np
@@ -113,7 +113,7 @@ buf = io.BytesIO(); Image.fromarray(rgba).save(buf, "PNG")
 save("chart_alpha.png", buf.getvalue(), parquet)
 save("notes\u200b\u200c\u200b.txt", "All counts are above ten.\n", b"\x05")
 print("PAYLOADS:" + json.dumps(expected))
-'''
+"""
 
 REFUSED = {
     "notes_zw.md": "ZERO WIDTH",
@@ -127,8 +127,17 @@ REFUSED = {
     "dup.json": "duplicate key 'n'",
     "notes\u200b\u200c\u200b.txt": "the file name holds U+200B ZERO WIDTH SPACE",
 }
-STRIPPED = ["chart_private.png", "chart_ztxt.png", "chart_itxt.png", "chart_tail.png", "chart_alpha.png",
-            "notes_ws.txt", "table_spaces.csv", "ws.json", "digits.json"]
+STRIPPED = [
+    "chart_private.png",
+    "chart_ztxt.png",
+    "chart_itxt.png",
+    "chart_tail.png",
+    "chart_alpha.png",
+    "notes_ws.txt",
+    "table_spaces.csv",
+    "ws.json",
+    "digits.json",
+]
 SHOWN = ["table_b64.csv", "chart_lsb.png", "table_digits.csv"]
 
 
@@ -205,7 +214,10 @@ def decode_leading_spaces(data: bytes) -> bytes | None:
 
 
 def decode_json_separators(data: bytes) -> bytes | None:
-    return _bits_to_bytes("".join("01"[len(m.group(1)) == 2] for m in re.finditer(r",( +)", data.decode()))) or None
+    return (
+        _bits_to_bytes("".join("01"[len(m.group(1)) == 2] for m in re.finditer(r",( +)", data.decode())))
+        or None
+    )
 
 
 def decode_json_digits(data: bytes) -> bytes | None:
@@ -261,9 +273,20 @@ def browser():
 
 
 def export(container, *paths: str) -> tuple[int, str]:
-    return docker_exec(container, ["enclave-export", "--json", "request", *[f"/workspace/payloads/{p}" for p in paths],
-                                   "--context", "Patients per group", "--controls", "all counts above 10"],
-                       timeout=300)
+    return docker_exec(
+        container,
+        [
+            "enclave-export",
+            "--json",
+            "request",
+            *[f"/workspace/payloads/{p}" for p in paths],
+            "--context",
+            "Patients per group",
+            "--controls",
+            "all counts above 10",
+        ],
+        timeout=300,
+    )
 
 
 def test_payload_generation_really_hides_row_data(attacker):
@@ -273,7 +296,10 @@ def test_payload_generation_really_hides_row_data(attacker):
         code, out = docker_exec(container, f"base64 -w0 /workspace/payloads/{name}")
         assert code == 0 and decode(base64.b64decode(out)) == payloads[name], name
     code, out = docker_exec(container, "base64 -w0 /workspace/payloads/chart_alpha.png")
-    assert decode_png_alpha(base64.b64decode(out), len(payloads["chart_alpha.png"])) == payloads["chart_alpha.png"]
+    assert (
+        decode_png_alpha(base64.b64decode(out), len(payloads["chart_alpha.png"]))
+        == payloads["chart_alpha.png"]
+    )
     code, out = docker_exec(container, "base64 -w0 /workspace/payloads/table_b64.csv")
     assert decode_base64_rows(base64.b64decode(out)) == payloads["table_b64.csv"]
     code, out = docker_exec(container, "base64 -w0 /workspace/payloads/table_digits.csv")
@@ -322,7 +348,9 @@ def test_released_bytes_carry_none_of_the_stripped_payloads(hub, attacker, brows
             assert png_chunks(got.content)[-1][1] == b""
 
 
-def test_visible_payloads_are_shown_whole_and_flagged_so_a_careful_checker_returns_them(hub, attacker, browser):
+def test_visible_payloads_are_shown_whole_and_flagged_so_a_careful_checker_returns_them(
+    hub, attacker, browser
+):
     _, container, payloads = attacker
     code, out = export(container, *SHOWN)
     assert code == 0, out
@@ -354,9 +382,16 @@ def test_visible_payloads_are_shown_whole_and_flagged_so_a_careful_checker_retur
     b64 = base64.b64encode(rows).decode()
     assert "".join(s for s in seen if not s.isdigit()) == b64, "every payload byte was on a page carol read"
     cells = [b64[i : i + 60] for i in range(0, len(b64), 60)]
-    assert flagged >= sum(len(c) >= 16 for c in cells), "every payload cell of 16 characters or more is highlighted"
-    assert decode_png_lsb(base64.b64decode(docker_exec(container, "base64 -w0 /workspace/payloads/chart_lsb.png")[1]),
-                          len(payloads["chart_lsb.png"])) == payloads["chart_lsb.png"]
+    assert flagged >= sum(len(c) >= 16 for c in cells), (
+        "every payload cell of 16 characters or more is highlighted"
+    )
+    assert (
+        decode_png_lsb(
+            base64.b64decode(docker_exec(container, "base64 -w0 /workspace/payloads/chart_lsb.png")[1]),
+            len(payloads["chart_lsb.png"]),
+        )
+        == payloads["chart_lsb.png"]
+    )
 
     # checkers who act on the highlighted findings request changes: nothing is released
     assert review(carol, hub, rid, vote="changes", comment="flagged cells: explain") == "PARTIALLY_REVIEWED"

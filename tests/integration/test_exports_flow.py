@@ -16,8 +16,15 @@ from tests.harness import HubClient, docker_exec
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TABLE = "group,count\nA,120\nB,45\nC,30\n"
 
 
@@ -31,7 +38,12 @@ def _png(width: int = 2, height: int = 2) -> bytes:
 
     rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 PNG = _png()
@@ -91,7 +103,9 @@ def checker_page(browser, hub, user):
     return page
 
 
-def review(page, hub, request_id: str, vote: str = "approve", comment: str = "", visible: bool = False) -> str:
+def review(
+    page, hub, request_id: str, vote: str = "approve", comment: str = "", visible: bool = False
+) -> str:
     page.goto(f"{hub.url}/services/exports/queue")
     page.click(f"#open-{request_id}")
     for button in page.locator(f"[id^={vote}-]").all():
@@ -110,8 +124,16 @@ def audit_actions(hub, target):
 
 def test_request_review_release_download(hub, alice, browser):
     client, container = alice
-    request = export(container, "request", "results/table1.csv", "fig2.png",
-                     "--context", "Patients per group; figure of the same", "--controls", "All cells >= 10")
+    request = export(
+        container,
+        "request",
+        "results/table1.csv",
+        "fig2.png",
+        "--context",
+        "Patients per group; figure of the same",
+        "--controls",
+        "All cells >= 10",
+    )
     rid = request["id"]
     assert request["status"] == "SUBMITTED" and request["project"] == "demo-cardio"
     assert {f["path"] for f in request["files"]} == {"results/table1.csv", "fig2.png"}
@@ -150,8 +172,15 @@ def test_request_review_release_download(hub, alice, browser):
         assert r.status_code == status, other
 
     steps = audit_actions(hub, rid)
-    for step in ("export.create", "export.file_add", "export.submit", "export.vote", "export.decision",
-                 "export.release", "export.download"):
+    for step in (
+        "export.create",
+        "export.file_add",
+        "export.submit",
+        "export.vote",
+        "export.decision",
+        "export.release",
+        "export.download",
+    ):
         assert step in steps, f"{step} missing from the audit trail: {steps}"
     assert enclave(["--state-dir", str(hub.state), "--policy-dir", str(hub.policy), "audit", "verify"]) == 0
 
@@ -160,7 +189,9 @@ def test_request_review_release_download(hub, alice, browser):
     carol.fill("#revoke-reason", "released in error")
     carol.click("#revoke")
     assert carol.inner_text("#status").strip() == "REVOKED"
-    closed = client.session.get(f"{hub.url}/services/exports/requests/{rid}/download/{table['id']}", timeout=30)
+    closed = client.session.get(
+        f"{hub.url}/services/exports/requests/{rid}/download/{table['id']}", timeout=30
+    )
     assert closed.status_code == 403
     assert "export.revoke" in audit_actions(hub, rid)
 
@@ -168,7 +199,9 @@ def test_request_review_release_download(hub, alice, browser):
 def test_returned_request_is_resubmitted_with_a_new_version(hub, alice, browser):
     _, container = alice
     docker_exec(container, "printf 'group,count\\nA,120\\nB,4\\n' > /workspace/results/small.csv")
-    request = export(container, "request", "results/small.csv", "--context", "counts", "--controls", "none yet")
+    request = export(
+        container, "request", "results/small.csv", "--context", "counts", "--controls", "none yet"
+    )
     rid = request["id"]
     failing = request["files"][0]["checks"]
     assert failing["outcome"] == "fail"
@@ -176,7 +209,10 @@ def test_returned_request_is_resubmitted_with_a_new_version(hub, alice, browser)
     assert {"row": 2, "column": "count"}.items() <= cells[0].items() or any(c["row"] == 2 for c in cells)
 
     carol = checker_page(browser, hub, "carol")
-    assert review(carol, hub, rid, vote="changes", comment="B is below 10: suppress it", visible=True) == "PARTIALLY_REVIEWED"
+    assert (
+        review(carol, hub, rid, vote="changes", comment="B is below 10: suppress it", visible=True)
+        == "PARTIALLY_REVIEWED"
+    )
     dave = checker_page(browser, hub, "dave")
     assert review(dave, hub, rid, vote="changes", comment="checkers-only note") == "RETURNED"
 
@@ -198,21 +234,31 @@ def test_other_projects_cannot_see_the_requests(hub, alice):
     bob.session.get(f"{hub.url}/services/exports/", timeout=30)
     listing = bob.session.get(f"{hub.url}/services/exports/api/requests", timeout=30)
     assert listing.status_code == 200 and rid not in listing.text
-    assert bob.session.get(f"{hub.url}/services/exports/api/requests/{rid}", timeout=30).status_code in (403, 404)
+    assert bob.session.get(f"{hub.url}/services/exports/api/requests/{rid}", timeout=30).status_code in (
+        403,
+        404,
+    )
     admin = HubClient(hub, "adam")
     admin.login()
     admin.session.get(f"{hub.url}/services/exports/", timeout=30)
-    vote = admin.session.post(f"{hub.url}/services/exports/api/requests/{rid}/vote",
-                              json={"file_id": 1, "vote": "approve"}, timeout=30)
+    vote = admin.session.post(
+        f"{hub.url}/services/exports/api/requests/{rid}/vote",
+        json={"file_id": 1, "vote": "approve"},
+        timeout=30,
+    )
     assert vote.status_code == 403, "administrators never vote"
 
 
 def test_side_door_attempts_reach_the_audit_trail(hub, alice):
     client, _ = alice
-    token = client.api("POST", "/users/alice/tokens",
-                       json={"scopes": ["access:servers!server=alice/demo-cardio"]}).json()["token"]
-    r = requests.get(f"{hub.url}/user/alice/demo-cardio/files/results/table1.csv?download=1",
-                     headers={"Authorization": f"token {token}"}, timeout=30)
+    token = client.api(
+        "POST", "/users/alice/tokens", json={"scopes": ["access:servers!server=alice/demo-cardio"]}
+    ).json()["token"]
+    r = requests.get(
+        f"{hub.url}/user/alice/demo-cardio/files/results/table1.csv?download=1",
+        headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )
     assert r.status_code == 403
     refused = list(AuditLog.open(hub.state).records(action="sidedoor.refused", actor="alice"))
     assert refused and refused[-1]["project"] == "demo-cardio"

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.integration
 CARDIO = "demo-cardio"
 WINDOW = 5  # seconds: the refusal aggregation window of this module's hub
 
-CALL = HUB_TLS + """
+CALL = (
+    HUB_TLS
+    + """
 import json, os, urllib.request
 gw = os.environ["JUPYTERHUB_API_URL"].split("/hub/api")[0]
 def call(method, path, body=None, token=True, form=False):
@@ -55,10 +57,13 @@ print(json.dumps({
                                "&response_type=code&redirect_uri=/user/alice/demo-cardio/oauth_callback"),
 }))
 """
+)
 
 # A bounded flood: THREADS threads, each sending requests for SECONDS as fast as the gate answers (more
 # threads than the gate holds back per source, so most 429s come at once).
-FLOOD = HUB_TLS + """
+FLOOD = (
+    HUB_TLS
+    + """
 import json, os, sys, threading, time, urllib.request, urllib.error, collections
 gw = os.environ["JUPYTERHUB_API_URL"].split("/hub/api")[0]
 token = os.environ["JUPYTERHUB_API_TOKEN"]
@@ -83,12 +88,14 @@ ts = [threading.Thread(target=run) for _ in range(threads)]
 [t.join() for t in ts]
 print(json.dumps(counts))
 """
+)
 
 
 @pytest.fixture(scope="module")
 def gate_hub(tmp_path_factory, directory):
-    hub = Hub(tmp_path_factory.mktemp("gatehub"), directory,
-              env_extra={"ENCLAVE_AUDIT_REFUSAL_WINDOW": str(WINDOW)}).prepare()
+    hub = Hub(
+        tmp_path_factory.mktemp("gatehub"), directory, env_extra={"ENCLAVE_AUDIT_REFUSAL_WINDOW": str(WINDOW)}
+    ).prepare()
     try:
         hub.start()
         alice = HubClient(hub, "alice")
@@ -133,8 +140,12 @@ def test_only_the_servers_own_calls_pass_the_gate(gate_hub):
         assert status[attack] == 403, (attack, status)
     model = alice.api("GET", "/users/alice", params={"include_stopped_servers": "1"}).json()
     assert "exfil-data-here" not in model.get("servers", {}), "no server name was stored"
-    refused = wait_for_records(hub, "the gate's refusals", lambda rs: len({r["details"]["reason"] for r in rs}) >= 5,
-                               action="sidedoor.refused")
+    refused = wait_for_records(
+        hub,
+        "the gate's refusals",
+        lambda rs: len({r["details"]["reason"] for r in rs}) >= 5,
+        action="sidedoor.refused",
+    )
     by_reason = {r["details"]["reason"]: r for r in refused if r["details"]["route"].startswith("hub-api")}
     assert {"login", "token-mint", "server-create", "hub-api", "hub-page", "oauth-grant"} <= set(by_reason)
     grant = by_reason["oauth-grant"]
@@ -200,16 +211,21 @@ def test_a_gate_flood_is_throttled_counted_and_does_not_slow_others(gate_hub):
     baseline, median = statistics.median(quiet), statistics.median(during)
     assert median <= 2 * baseline, f"bob's median {median:.3f}s under flood vs {baseline:.3f}s quiet"
     records = wait_for_records(
-        hub, "the flood's summaries", lambda rs: counted(rs[before:]) >= throttled, action="gate.throttled")
+        hub, "the flood's summaries", lambda rs: counted(rs[before:]) >= throttled, action="gate.throttled"
+    )
     mine = records[before:]
     assert counted(mine) == throttled, "every refusal is counted, none twice"
-    assert len(mine) <= 2 * (40 // WINDOW + 2), f"{len(mine)} records for one flood (a full one and a count per window)"
+    assert len(mine) <= 2 * (40 // WINDOW + 2), (
+        f"{len(mine)} records for one flood (a full one and a count per window)"
+    )
     assert {(r["actor"], r["target"]) for r in mine} == {("alice", f"alice/{CARDIO}")}
 
 
 # ---- activity ----------------------------------------------------------------------------------------
 
-ACTIVITY = HUB_TLS + """
+ACTIVITY = (
+    HUB_TLS
+    + """
 import json, os, sys, urllib.request, urllib.error
 gw = os.environ["JUPYTERHUB_API_URL"].split("/hub/api")[0]
 req = urllib.request.Request(gw + "/hub/api/users/alice/activity", data=sys.argv[1].encode(), method="POST",
@@ -221,6 +237,7 @@ try:
 except urllib.error.HTTPError as e:
     print(e.code, e.read().decode())
 """
+)
 
 
 def test_a_future_last_activity_is_clamped_to_now(gate_hub):
@@ -233,22 +250,34 @@ def test_a_future_last_activity_is_clamped_to_now(gate_hub):
     now = datetime.now(UTC)
     for stamp in (model["last_activity"], model["servers"][CARDIO]["last_activity"]):
         assert datetime.fromisoformat(stamp) <= now + timedelta(seconds=5), stamp
-    wait_for_records(hub, "the clamp on the trail",
-                     lambda rs: any(r["details"]["reason"] == "future_timestamp" and r["actor"] == "alice"
-                                    for r in rs), action="gate.activity")
-    code, out = docker_exec(container(hub), ["/opt/notebook/bin/python", "-c", ACTIVITY,
-                                             json.dumps({"last_activity": "tomorrow\u202e"})])
+    wait_for_records(
+        hub,
+        "the clamp on the trail",
+        lambda rs: any(r["details"]["reason"] == "future_timestamp" and r["actor"] == "alice" for r in rs),
+        action="gate.activity",
+    )
+    code, out = docker_exec(
+        container(hub),
+        ["/opt/notebook/bin/python", "-c", ACTIVITY, json.dumps({"last_activity": "tomorrow\u202e"})],
+    )
     assert out.startswith("400") and "last_activity" in out and "ISO 8601" in out, out
-    wait_for_records(hub, "the malformed report on the trail",
-                     lambda rs: any(r["details"]["reason"] == "malformed" for r in rs), action="gate.activity")
+    wait_for_records(
+        hub,
+        "the malformed report on the trail",
+        lambda rs: any(r["details"]["reason"] == "malformed" for r in rs),
+        action="gate.activity",
+    )
 
 
 # ---- every refusal on the trail ----------------------------------------------------------------------
 
 
 def server_token(client: HubClient) -> str:
-    response = client.api("POST", f"/users/{client.user}/tokens",
-                          json={"scopes": [f"access:servers!server={client.user}/{CARDIO}"], "expires_in": 600})
+    response = client.api(
+        "POST",
+        f"/users/{client.user}/tokens",
+        json={"scopes": [f"access:servers!server={client.user}/{CARDIO}"], "expires_in": 600},
+    )
     assert response.status_code == 201, response.text
     return response.json()["token"]
 
@@ -260,7 +289,14 @@ def test_closed_jupyter_routes_in_every_spelling_are_on_the_trail(gate_hub):
     headers = {"Authorization": f"token {server_token(alice)}"}
     base = f"{hub.url}/user/alice/{CARDIO}"
     before = trail(hub, action="sidedoor.refused", actor="alice")
-    spellings = ["files/x.csv", "FILES/x.csv", "%66iles/x.csv", "Fi%6Ces/x.csv", "%2566iles/x.csv", "files/x.csv"]
+    spellings = [
+        "files/x.csv",
+        "FILES/x.csv",
+        "%66iles/x.csv",
+        "Fi%6Ces/x.csv",
+        "%2566iles/x.csv",
+        "files/x.csv",
+    ]
     for spelling in spellings:
         response = requests.get(f"{base}/{spelling}", headers=headers, timeout=30)
         assert response.status_code == 403, (spelling, response.status_code)
@@ -269,15 +305,18 @@ def test_closed_jupyter_routes_in_every_spelling_are_on_the_trail(gate_hub):
         assert response.status_code == 403, (path, response.status_code)
 
     def complete(records):
-        new = records[len(before):]
+        new = records[len(before) :]
         kinds = {}
         for r in new:
             kinds[r["details"]["reason"]] = kinds.get(r["details"]["reason"], 0) + (
-                r["details"]["repeated"] if r["details"].get("aggregated") else 1)
+                r["details"]["repeated"] if r["details"].get("aggregated") else 1
+            )
         return kinds.get("files-download", 0) >= len(spellings) and kinds.get("terminals", 0) >= 3
 
-    records = wait_for_records(hub, "the lockdown's refusals", complete, action="sidedoor.refused", actor="alice")
-    new = records[len(before):]
+    records = wait_for_records(
+        hub, "the lockdown's refusals", complete, action="sidedoor.refused", actor="alice"
+    )
+    new = records[len(before) :]
     assert {(r["project"], r["target"]) for r in new} == {(CARDIO, f"alice/{CARDIO}")}
     assert len([r for r in new if r["details"]["reason"] == "files-download"]) <= 2, "aggregated"
 
@@ -309,8 +348,12 @@ def test_the_queue_from_a_container_and_raw_content_of_a_table_are_refused_on_th
     result = json.loads(out.strip().splitlines()[-1])
     assert result["queue"] == 403 and result["raw"] == 404, result
     refused = wait_for_records(
-        hub, "the export refusals", lambda rs: {"queue_from_container", "not_served_raw"} <= {
-            r["details"]["reason"] for r in rs}, action="export.refused", actor="alice")
+        hub,
+        "the export refusals",
+        lambda rs: {"queue_from_container", "not_served_raw"} <= {r["details"]["reason"] for r in rs},
+        action="export.refused",
+        actor="alice",
+    )
     queue = next(r for r in refused if r["details"]["reason"] == "queue_from_container")
     assert queue["project"] == CARDIO and queue["details"]["server"] == f"alice/{CARDIO}"
     views = [r for r in trail(hub, action="export.view") if r["target"] == result["id"]]
@@ -324,38 +367,64 @@ def test_an_administrator_on_a_researchers_server_is_on_the_trail(gate_hub):
     opened = adam.session.get(f"{hub.url}/user/alice/{CARDIO}/lab", timeout=60)  # follows the OAuth dance
     assert opened.status_code == 403, opened.status_code
     assert adam.api("POST", "/users/alice/tokens", json={}).status_code == 403
-    assert adam.api("POST", "/users/adam/tokens",
-                    json={"scopes": [f"access:servers!server=alice/{CARDIO}"]}).status_code == 400
+    assert (
+        adam.api(
+            "POST", "/users/adam/tokens", json={"scopes": [f"access:servers!server=alice/{CARDIO}"]}
+        ).status_code
+        == 400
+    )
     assert adam.api("POST", "/users/alice/servers/demo-oncology").status_code in (403, 404)
     refused = wait_for_records(
-        hub, "adam's attempts", lambda rs: {"open_others_server", "token_others_server", "start_others_server"} <= {
-            r["details"]["reason"] for r in rs}, action="hub.refused", actor="adam")
+        hub,
+        "adam's attempts",
+        lambda rs: (
+            {"open_others_server", "token_others_server", "start_others_server"}
+            <= {r["details"]["reason"] for r in rs}
+        ),
+        action="hub.refused",
+        actor="adam",
+    )
     start = next(r for r in refused if r["details"]["reason"] == "start_others_server")
     assert start["target"] == "alice/demo-oncology"
 
 
 def test_forms_without_xsrf_are_on_the_trail(gate_hub):
     hub, alice = gate_hub
-    anonymous = requests.post(f"{hub.url}/hub/login", data={"username": "alice", "password": "demo-alice"},
-                              timeout=30, allow_redirects=False)
+    anonymous = requests.post(
+        f"{hub.url}/hub/login",
+        data={"username": "alice", "password": "demo-alice"},
+        timeout=30,
+        allow_redirects=False,
+    )
     assert anonymous.status_code == 403, anonymous.status_code
     # The export service: alice logs in to it through the hub (OAuth), then posts a form without _xsrf.
     page = alice.session.get(f"{hub.url}/services/exports/mine", timeout=60)
     assert page.status_code == 200, page.status_code
-    form = alice.session.post(f"{hub.url}/services/exports/requests/new", data={"project": CARDIO},
-                              timeout=30, allow_redirects=False)
+    form = alice.session.post(
+        f"{hub.url}/services/exports/requests/new",
+        data={"project": CARDIO},
+        timeout=30,
+        allow_redirects=False,
+    )
     assert form.status_code == 403, form.status_code
+
     def hub_login(records):
-        return any(r["details"]["route"].startswith("POST /hub/login") for r in records
-                   if r["details"]["reason"] == "xsrf_missing")
+        return any(
+            r["details"]["route"].startswith("POST /hub/login")
+            for r in records
+            if r["details"]["reason"] == "xsrf_missing"
+        )
 
     # the export service records it as its own refusal, under the user whose browser sent the form
-    exports = wait_for_records(hub, "the export form without _xsrf", lambda rs: rs, action="export.refused",
-                               actor="alice")
+    exports = wait_for_records(
+        hub, "the export form without _xsrf", lambda rs: rs, action="export.refused", actor="alice"
+    )
     assert any(r["details"]["reason"] == "xsrf_missing" for r in exports)
     refused = wait_for_records(hub, "the hub form without _xsrf", hub_login, action="hub.refused")
     hub_form = next(r for r in refused if r["details"]["route"].startswith("POST /hub/login"))
-    assert hub_form["actor"].startswith("address:") and "not logged in" in hub_form["details"]["identified_by"]
+    assert (
+        hub_form["actor"].startswith("address:") and "not logged in" in hub_form["details"]["identified_by"]
+    )
 
 
 # ---- the host firewall --------------------------------------------------------------------------------
@@ -388,17 +457,21 @@ def test_firewall_drops_become_network_refused_records_with_counts(gate_hub):
         kinds = {}
         for r in records:
             kinds[r["details"]["reason"]] = kinds.get(r["details"]["reason"], 0) + (
-                r["details"]["repeated"] if r["details"].get("aggregated") else 1)
+                r["details"]["repeated"] if r["details"].get("aggregated") else 1
+            )
         return kinds.get("to-host", 0) >= 6 and kinds.get("forward", 0) >= 3
 
     records = wait_for_records(hub, "network.refused records", enough, action="network.refused")
     host = [r for r in records if r["details"]["reason"] == "to-host"]
     forward = [r for r in records if r["details"]["reason"] == "forward"]
-    assert {(r["actor"], r["project"], r["target"]) for r in records} == {("alice", CARDIO, f"alice/{CARDIO}")}
+    assert {(r["actor"], r["project"], r["target"]) for r in records} == {
+        ("alice", CARDIO, f"alice/{CARDIO}")
+    }
     assert host[0]["details"]["destination"].startswith(f"{gateway}:")
     assert forward[0]["details"]["destination"] == "192.0.2.1:80/tcp"
     assert any(r["details"].get("aggregated") and r["details"]["repeated"] >= 2 for r in records), (
-        "repeats are counted, not written one by one")
+        "repeats are counted, not written one by one"
+    )
 
 
 POISON = """
@@ -426,8 +499,13 @@ def test_a_flood_of_poisoned_side_door_reports_is_counted_clipped_and_escaped(ga
     before = len(trail(hub, action="sidedoor.refused", actor="alice"))
     code, out = docker_exec(container(hub), ["/opt/notebook/bin/python", "-c", POISON], timeout=120)
     assert code == 0 and json.loads(out.strip().splitlines()[-1]) == {"201": 200}, out
-    records = wait_for_records(hub, "the reports' summary", lambda rs: counted(rs[before:]) >= 200,
-                               action="sidedoor.refused", actor="alice")
+    records = wait_for_records(
+        hub,
+        "the reports' summary",
+        lambda rs: counted(rs[before:]) >= 200,
+        action="sidedoor.refused",
+        actor="alice",
+    )
     mine = records[before:]
     assert counted(mine) == 200 and len(mine) <= 2 * (60 // WINDOW + 2)
     for record in mine:

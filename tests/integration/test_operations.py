@@ -346,13 +346,17 @@ def test_on_a_full_disk_stops_are_spooled_logins_and_spawns_refused_clearly_the_
     written = len(trail(h))
     # The gate's refusals stay refusals (their records are written off the request, and aggregated): asked
     # from alice's container, over the gate's TLS with her server's pair, as code in a notebook would.
-    code, out = docker_exec(h.container("alice", "demo-cardio"), [
-        "/opt/notebook/bin/python", "-c",
-        HUB_TLS + "import os, urllib.error\n"
-        "gw = os.environ['JUPYTERHUB_API_URL'].split('/hub/api')[0]\n"
-        "try:\n    urllib.request.urlopen(gw + '/hub/admin', timeout=10); print(200)\n"
-        "except urllib.error.HTTPError as e:\n    print(e.code)\n",
-    ])
+    code, out = docker_exec(
+        h.container("alice", "demo-cardio"),
+        [
+            "/opt/notebook/bin/python",
+            "-c",
+            HUB_TLS + "import os, urllib.error\n"
+            "gw = os.environ['JUPYTERHUB_API_URL'].split('/hub/api')[0]\n"
+            "try:\n    urllib.request.urlopen(gw + '/hub/admin', timeout=10); print(200)\n"
+            "except urllib.error.HTTPError as e:\n    print(e.code)\n",
+        ],
+    )
     assert code == 0 and out.strip().splitlines()[-1] == "403", out
 
     # A stop takes access away: it happens, and its record goes to the spool.

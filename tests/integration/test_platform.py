@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 
 # ---- login --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("user", ["alice", "carol", "adam"])
 def test_directory_users_in_an_enclave_group_log_in(hub, user):
     response = HubClient(hub, user).login()
@@ -42,6 +43,7 @@ def test_ldap_injection_in_username_is_refused(hub):
 
 # ---- spawn ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def alice_server(hub):
     alice = HubClient(hub, "alice")
@@ -64,7 +66,9 @@ def test_spawned_container_matches_the_contract(hub, alice_server):
     mounts = {m["Destination"]: m for m in attrs["Mounts"]}
     assert mounts["/data/synthetic-omop"]["RW"] is False
     # The published version as its own read-only squashfs (hub/dataset_images.py), not the host directory.
-    assert mounts["/data/synthetic-omop"]["Source"] == str(hub.state / "data-images/demo-cardio/synthetic-omop/1")
+    assert mounts["/data/synthetic-omop"]["Source"] == str(
+        hub.state / "data-images/demo-cardio/synthetic-omop/1"
+    )
     assert mounts["/workspace"]["RW"] is True
     assert mounts["/workspace"]["Source"] == str(hub.state / "workspaces/demo-cardio")
     lxcfs = {target for _, target in LXCFS_FILES}  # lxcfs's per-container /proc views, read-only
@@ -73,8 +77,9 @@ def test_spawned_container_matches_the_contract(hub, alice_server):
     tls = mounts["/etc/enclave-tls"]
     assert tls["RW"] is False and tls["Source"] == str(hub.state / "internal-tls/servers" / container.name)
     assert sorted(p.name for p in Path(tls["Source"]).iterdir()) == ["ca.crt", "server.crt", "server.key"]
-    assert set(mounts) == {"/data/synthetic-omop", "/workspace", "/etc/enclave-tls", *lxcfs}, \
+    assert set(mounts) == {"/data/synthetic-omop", "/workspace", "/etc/enclave-tls", *lxcfs}, (
         "nothing else from the host is mounted"
+    )
     assert docker_exec(container, "id -u")[1].strip() == "1000"
 
 
@@ -82,9 +87,12 @@ def test_data_is_readable_and_read_only(alice_server):
     _, container = alice_server
     # os._exit: pyarrow's thread pool can abort the interpreter's own shutdown ("terminate called without an
     # active exception", exit 134) on a loaded host after the read has succeeded; the read is what is tested.
-    code, out = py_exec(container, "import os, sys, pandas as pd; "
-                        "print(len(pd.read_parquet('/data/synthetic-omop/person.parquet'))); "
-                        "sys.stdout.flush(); os._exit(0)")
+    code, out = py_exec(
+        container,
+        "import os, sys, pandas as pd; "
+        "print(len(pd.read_parquet('/data/synthetic-omop/person.parquet'))); "
+        "sys.stdout.flush(); os._exit(0)",
+    )
     assert code == 0 and int(out.strip()) > 0, out
     code, out = docker_exec(container, "echo x > /data/synthetic-omop/person.parquet")
     assert code != 0 and "Read-only file system" in out
@@ -134,14 +142,17 @@ def test_user_options_cannot_choose_image_mounts_or_network(hub):
 
 def test_no_route_out(alice_server):
     _, container = alice_server
-    _, out = py_exec(container, """
+    _, out = py_exec(
+        container,
+        """
 import socket
 s = socket.socket(); s.settimeout(5)
 try:
     s.connect(("192.0.2.1", 80)); print("CONNECTED")
 except OSError as e:
     print("blocked", e)
-""")
+""",
+    )
     assert "blocked" in out and "CONNECTED" not in out
 
 
@@ -156,28 +167,40 @@ def test_stop_removes_container_and_keeps_workspace(hub, alice_server):
 
 # ---- faults --------------------------------------------------------------------------------------
 
+
 def test_hub_restart_keeps_running_servers_and_routes(fresh_hub):
     h = fresh_hub().start()
     alice = HubClient(h, "alice")
     alice.login()
     alice.spawn("demo-cardio")
-    token = alice.api("POST", "/users/alice/tokens", json={"scopes": ["access:servers!server=alice/demo-cardio"]}).json()["token"]
+    token = alice.api(
+        "POST", "/users/alice/tokens", json={"scopes": ["access:servers!server=alice/demo-cardio"]}
+    ).json()["token"]
     through_proxy = f"{h.url}/user/alice/demo-cardio/api/status"
-    assert requests.get(through_proxy, headers={"Authorization": f"token {token}"}, timeout=10).status_code == 200
+    assert (
+        requests.get(through_proxy, headers={"Authorization": f"token {token}"}, timeout=10).status_code
+        == 200
+    )
     before = {c.id for c in h.containers()}
 
     h.stop_hub()
     h.start()
 
-    assert requests.get(through_proxy, headers={"Authorization": f"token {token}"}, timeout=10).status_code == 200
+    assert (
+        requests.get(through_proxy, headers={"Authorization": f"token {token}"}, timeout=10).status_code
+        == 200
+    )
     assert {c.id for c in h.containers()} == before, "no orphaned or duplicated containers"
     proxy_token = (h.state / "secrets/proxy_auth_token").read_text()
     # TLS inside: the proxy's API asks for a certificate of the enclave's authorities (the hub's here).
     hub_pair = internal_tls.record_files(h.state, "hub-internal")
-    routes = requests.get(f"https://127.0.0.1:{h.api_port}/api/routes",
-                          headers={"Authorization": f"token {proxy_token}"}, timeout=10,
-                          cert=(str(hub_pair["cert"]), str(hub_pair["key"])),
-                          verify=str(internal_tls.record_files(h.state, "proxy-api-ca")["cert"])).json()
+    routes = requests.get(
+        f"https://127.0.0.1:{h.api_port}/api/routes",
+        headers={"Authorization": f"token {proxy_token}"},
+        timeout=10,
+        cert=(str(hub_pair["cert"]), str(hub_pair["key"])),
+        verify=str(internal_tls.record_files(h.state, "proxy-api-ca")["cert"]),
+    ).json()
     assert routes["/user/alice/demo-cardio"]["server_name"] == "demo-cardio"
     alice = HubClient(h, "alice")
     alice.login()

@@ -111,7 +111,11 @@ def test_a_real_health_check_reports_the_jupyter_server_healthy(spawned):
     test = container.attrs["Config"]["Healthcheck"]["Test"]
     # TLS inside: the check makes a TLS handshake with the server on 127.0.0.1:8888 (it holds no client
     # certificate the server would accept, so it cannot ask more than that).
-    assert test[:2] == ["CMD", "/opt/notebook/bin/python"] and "('127.0.0.1',8888)" in test[-1] and "ssl" in test[-1]
+    assert (
+        test[:2] == ["CMD", "/opt/notebook/bin/python"]
+        and "('127.0.0.1',8888)" in test[-1]
+        and "ssl" in test[-1]
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         container.reload()
@@ -135,13 +139,17 @@ def test_masked_paths_are_the_engines_defaults_plus_every_shared_kernel_counter(
 def test_the_engines_own_defaults_are_still_masked_inside(spawned):
     # The engine's list, as a plain container on this engine gets it: ours must mask at least the same.
     container, _ = spawned
-    plain = container.client.containers.run(IMAGE, ["sh", "-c", "cat /proc/self/mountinfo"], entrypoint=[],
-                                            network_mode="none", remove=True).decode()
+    plain = container.client.containers.run(
+        IMAGE, ["sh", "-c", "cat /proc/self/mountinfo"], entrypoint=[], network_mode="none", remove=True
+    ).decode()
     _, ours = docker_exec(container, "cat /proc/self/mountinfo")
 
     def hidden(mountinfo: str) -> set[str]:
-        return {line.split()[4] for line in mountinfo.splitlines()
-                if line.split()[4].startswith(("/proc/", "/sys/")) and "cgroup" not in line}
+        return {
+            line.split()[4]
+            for line in mountinfo.splitlines()
+            if line.split()[4].startswith(("/proc/", "/sys/")) and "cgroup" not in line
+        }
 
     assert hidden(plain) <= hidden(ours)
     assert {"/proc/partitions", "/sys/block", "/proc/diskstats", "/proc/meminfo"} <= hidden(ours)
@@ -184,12 +192,14 @@ def test_mounts_are_the_projects_data_read_only_and_its_workspace(hub, spawned, 
         f"{tls}:/etc/enclave-tls:ro",  # TLS inside: this server's own key and certificate
         *(f"{source}:{target}:ro" for source, target, _ in lxcfs),
     ]  # CIS 5.5
-    assert sorted((m["Source"], m["Destination"], m["RW"]) for m in container.attrs["Mounts"]) == sorted([
-        (str(data), "/data/synthetic-omop", False),
-        (str(workspace), "/workspace", True),
-        (str(tls), "/etc/enclave-tls", False),
-        *lxcfs,
-    ])
+    assert sorted((m["Source"], m["Destination"], m["RW"]) for m in container.attrs["Mounts"]) == sorted(
+        [
+            (str(data), "/data/synthetic-omop", False),
+            (str(workspace), "/workspace", True),
+            (str(tls), "/etc/enclave-tls", False),
+            *lxcfs,
+        ]
+    )
     assert os.path.ismount(data) and "squashfs" in Path("/proc/mounts").read_text().split(f" {data} ")[1][:9]
     assert not [m for m in container.attrs["Mounts"] if "docker.sock" in m["Source"]]  # CIS 5.31
     assert not host_config.get("Mounts")

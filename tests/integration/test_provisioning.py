@@ -19,8 +19,19 @@ def admin(hub, tmp_path):
     def run(*argv, user="adam", password=None):
         secret = tmp_path / f"{user}.pw"
         secret.write_text(password or f"demo-{user}")
-        return enclave(["--state-dir", str(hub.state), "--policy-dir", str(hub.policy), *argv,
-                        "--as", user, "--password-file", str(secret)])
+        return enclave(
+            [
+                "--state-dir",
+                str(hub.state),
+                "--policy-dir",
+                str(hub.policy),
+                *argv,
+                "--as",
+                user,
+                "--password-file",
+                str(secret),
+            ]
+        )
 
     return run
 
@@ -62,22 +73,31 @@ def test_add_then_remove_a_member_without_restarting_the_hub(hub, admin, capsys)
     refused = erin.start("demo-oncology")
     assert refused.status_code == 403 and "erin is not a member of project demo-oncology" in refused.text
 
-    changes = [(r["actor"], r["details"]["change"]) for r in audit(hub, action="policy.change", project="demo-oncology")]
+    changes = [
+        (r["actor"], r["details"]["change"])
+        for r in audit(hub, action="policy.change", project="demo-oncology")
+    ]
     assert ("adam", "member.add") in changes and ("adam", "member.remove") in changes
     enforced = audit(hub, action="policy.enforce", project="demo-oncology")
     assert enforced[-1]["target"] == "erin/demo-oncology"
     assert "erin is not a member of project demo-oncology" in enforced[-1]["details"]["reason"]
 
 
-@pytest.mark.parametrize("change", [("project", "suspend", "demo-cardio"),
-                                    ("project", "set", "demo-cardio", "expiry=2026-01-02")],
-                         ids=["suspend", "expire"])
+@pytest.mark.parametrize(
+    "change",
+    [("project", "suspend", "demo-cardio"), ("project", "set", "demo-cardio", "expiry=2026-01-02")],
+    ids=["suspend", "expire"],
+)
 def test_suspended_or_expired_project_stops_servers_and_says_why(hub, admin, change):
     alice = login(hub, "alice")
     alice.spawn("demo-cardio")
     assert admin(*change) == 0
     wait_for(lambda: alice.server("demo-cardio") is None, 30, "the enforcer to stop alice's server")
-    reason = "project demo-cardio is suspended" if "suspend" in change else "project demo-cardio expired on 2026-01-02"
+    reason = (
+        "project demo-cardio is suspended"
+        if "suspend" in change
+        else "project demo-cardio expired on 2026-01-02"
+    )
     page = alice.session.get(f"{hub.url}/hub/spawn/alice/demo-cardio", timeout=30)
     assert reason in page.text, page.text[-2000:]
     home = alice.session.get(f"{hub.url}/hub/home", timeout=30).text
@@ -113,8 +133,23 @@ def test_invalid_hand_edit_keeps_the_last_good_policy(hub, capsys):
 
 
 def test_non_admin_cannot_change_policy(hub, admin, capsys):
-    assert admin("project", "create", "sneaky", "--title", "x", "--pi", "alice", "--start", "2026-01-01",
-                 "--expiry", "2027-01-01", user="alice") == 1
+    assert (
+        admin(
+            "project",
+            "create",
+            "sneaky",
+            "--title",
+            "x",
+            "--pi",
+            "alice",
+            "--start",
+            "2026-01-01",
+            "--expiry",
+            "2027-01-01",
+            user="alice",
+        )
+        == 1
+    )
     assert "alice is not in enclave-admins" in capsys.readouterr().err
     assert not (hub.policy / "projects/sneaky.yaml").exists()
     assert admin("member", "add", "demo-cardio", "bob", password="wrong") == 1
@@ -124,8 +159,21 @@ def test_non_admin_cannot_change_policy(hub, admin, capsys):
 
 
 def test_create_validates_and_dry_run_writes_nothing(hub, admin, capsys):
-    args = ["project", "create", "demo-renal", "--title", "Renal outcomes", "--pi", "bob", "--start", "2026-01-01",
-            "--expiry", "2027-12-31", "--dataset", "synthetic-omop"]
+    args = [
+        "project",
+        "create",
+        "demo-renal",
+        "--title",
+        "Renal outcomes",
+        "--pi",
+        "bob",
+        "--start",
+        "2026-01-01",
+        "--expiry",
+        "2027-12-31",
+        "--dataset",
+        "synthetic-omop",
+    ]
     assert admin(*args, "--dry-run") == 0
     assert "dry run: nothing was written" in capsys.readouterr().out
     assert not (hub.policy / "projects/demo-renal.yaml").exists()
@@ -143,8 +191,21 @@ def test_create_validates_and_dry_run_writes_nothing(hub, admin, capsys):
 def test_policy_validate_reports_unaccredited_members(hub, tmp_path, capsys):
     secret = tmp_path / "adam.pw"
     secret.write_text("demo-adam")
-    code = enclave(["--state-dir", str(hub.state), "--policy-dir", str(hub.policy), "policy", "validate",
-                    "--directory", "--as", "adam", "--password-file", str(secret)])
+    code = enclave(
+        [
+            "--state-dir",
+            str(hub.state),
+            "--policy-dir",
+            str(hub.policy),
+            "policy",
+            "validate",
+            "--directory",
+            "--as",
+            "adam",
+            "--password-file",
+            str(secret),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "WARN" in out and "members[2].uid: 'mallory' is not accredited" in out

@@ -41,7 +41,9 @@ def capture(interface: str):
         stderr=subprocess.PIPE,
     )
     chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(65536), b"")), daemon=True)
+    reader = threading.Thread(
+        target=lambda: chunks.extend(iter(lambda: proc.stdout.read(65536), b"")), daemon=True
+    )
     reader.start()
     segments: list[tuple[str, int, str, int, bytes]] = []
     try:

@@ -44,8 +44,12 @@ THROTTLE = [
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory, directory):
     """A hub of its own: its throttling and refusal windows are short, and tests lock users out on it."""
-    h = Hub(tmp_path_factory.mktemp("websec"), directory, hub_args=THROTTLE,
-            env_extra={"ENCLAVE_EXPORTS_REFUSAL_WINDOW": str(WINDOW)}).prepare()
+    h = Hub(
+        tmp_path_factory.mktemp("websec"),
+        directory,
+        hub_args=THROTTLE,
+        env_extra={"ENCLAVE_EXPORTS_REFUSAL_WINDOW": str(WINDOW)},
+    ).prepare()
     try:
         h.start()
         yield h
@@ -80,8 +84,19 @@ def page_token(client: HubClient, path: str) -> str:
 
 
 def new_request(container) -> str:
-    code, out = docker_exec(container, ["enclave-export", "--json", "request", "r/t.csv",
-                                        "--context", "counts per group", "--controls", "all >= 10"])
+    code, out = docker_exec(
+        container,
+        [
+            "enclave-export",
+            "--json",
+            "request",
+            "r/t.csv",
+            "--context",
+            "counts per group",
+            "--controls",
+            "all >= 10",
+        ],
+    )
     assert code == 0, out
     return json.loads(out)["id"]
 
@@ -97,6 +112,7 @@ def total(found: list[dict]) -> int:
 
 # ---- 2. blinding ---------------------------------------------------------------------------------------
 
+
 def test_before_dave_reviews_nobody_learns_who_reviewed_first_or_when(tight, alice):
     _, container = alice
     rid = new_request(container)
@@ -104,9 +120,12 @@ def test_before_dave_reviews_nobody_learns_who_reviewed_first_or_when(tight, ali
     carol = browser(tight, "carol")
     token = page_token(carol, f"requests/{rid}")
     api = f"{tight.url}{EXPORTS}api/requests/{rid}"
-    vote = carol.session.post(f"{api}/vote", json={"path": "r/t.csv", "decision": "approve",
-                                                   "comment": "carol says fine"},
-                              headers={"X-XSRFToken": token}, timeout=30)
+    vote = carol.session.post(
+        f"{api}/vote",
+        json={"path": "r/t.csv", "decision": "approve", "comment": "carol says fine"},
+        headers={"X-XSRFToken": token},
+        timeout=30,
+    )
     assert vote.status_code == 200, vote.text
     review = carol.session.post(f"{api}/review", json={}, headers={"X-XSRFToken": token}, timeout=30)
     assert review.json()["status"] == "PARTIALLY_REVIEWED"
@@ -135,6 +154,7 @@ def test_before_dave_reviews_nobody_learns_who_reviewed_first_or_when(tight, ali
 
 # ---- 7. a planted _xsrf cookie; CSRF still holds ---------------------------------------------------------
 
+
 def test_a_planted_xsrf_cookie_does_not_lock_a_checker_out(tight, alice):
     _, container = alice
     rid = new_request(container)
@@ -143,36 +163,55 @@ def test_a_planted_xsrf_cookie_does_not_lock_a_checker_out(tight, alice):
     assert planted, "bob holds a validly signed _xsrf of his own session"
     dave = browser(tight, "dave")
     token = page_token(dave, f"requests/{rid}")
-    file_id = re.search(r'name="file_id" value="(\d+)"',
-                        dave.session.get(f"{tight.url}{EXPORTS}requests/{rid}", timeout=30).text).group(1)
+    file_id = re.search(
+        r'name="file_id" value="(\d+)"',
+        dave.session.get(f"{tight.url}{EXPORTS}requests/{rid}", timeout=30).text,
+    ).group(1)
     # what a page on the same host, another port, can do: a cookie on a narrower path comes first
     dave.session.cookies.set("_xsrf", planted, domain="127.0.0.1", path=f"{EXPORTS}requests/")
     time.sleep(1.1)
-    r = dave.session.post(f"{tight.url}{EXPORTS}requests/{rid}/vote", allow_redirects=False, timeout=30,
-                          data={"_xsrf": token, "file_id": file_id, "decision": "approve"})
+    r = dave.session.post(
+        f"{tight.url}{EXPORTS}requests/{rid}/vote",
+        allow_redirects=False,
+        timeout=30,
+        data={"_xsrf": token, "file_id": file_id, "decision": "approve"},
+    )
     assert r.status_code == 302, r.text[-400:]
     mine = dave.session.get(f"{tight.url}{EXPORTS}api/requests/{rid}", timeout=30).json()
     assert [v["reviewer"] for f in mine["files"] for v in f["votes"]] == ["dave"]
 
     # CSRF holds: without this session's token, nothing changes, and the attempt is on the trail
     for forged in ({}, {"_xsrf": planted}):
-        r = dave.session.post(f"{tight.url}{EXPORTS}requests/{rid}/withdraw", allow_redirects=False,
-                              timeout=30, data=forged)
+        r = dave.session.post(
+            f"{tight.url}{EXPORTS}requests/{rid}/withdraw", allow_redirects=False, timeout=30, data=forged
+        )
         assert r.status_code == 403 and "_xsrf" in r.text
-    assert dave.session.get(f"{tight.url}{EXPORTS}api/requests/{rid}", timeout=30).json()["status"] == "SUBMITTED"
-    refused = [r for r in records(tight, action="export.refused", actor="dave")
-               if r["details"]["reason"] in ("xsrf_missing", "xsrf_invalid")]
+    assert (
+        dave.session.get(f"{tight.url}{EXPORTS}api/requests/{rid}", timeout=30).json()["status"]
+        == "SUBMITTED"
+    )
+    refused = [
+        r
+        for r in records(tight, action="export.refused", actor="dave")
+        if r["details"]["reason"] in ("xsrf_missing", "xsrf_invalid")
+    ]
     assert {r["details"]["reason"] for r in refused} == {"xsrf_missing", "xsrf_invalid"}
 
 
 # ---- 5. no existence oracle ------------------------------------------------------------------------------
+
 
 def test_someone_elses_request_answers_like_a_missing_one(tight, alice):
     _, container = alice
     rid = new_request(container)
     bob = browser(tight, "bob")
     missing = "r" + "0" * 19
-    for path in ("api/requests/{}", "requests/{}", "api/requests/{}/files/1/content", "requests/{}/download/1"):
+    for path in (
+        "api/requests/{}",
+        "requests/{}",
+        "api/requests/{}/files/1/content",
+        "requests/{}/download/1",
+    ):
         theirs = bob.session.get(f"{tight.url}{EXPORTS}{path.format(rid)}", timeout=30)
         none = bob.session.get(f"{tight.url}{EXPORTS}{path.format(missing)}", timeout=30)
         assert theirs.status_code == none.status_code == 404, path
@@ -182,11 +221,15 @@ def test_someone_elses_request_answers_like_a_missing_one(tight, alice):
 
 # ---- 6. headers and cookies ------------------------------------------------------------------------------
 
+
 def _security_headers(response, what: str, csp: str) -> None:
     h = response.headers
     assert h.get("X-Content-Type-Options") == "nosniff", what
     assert h.get("X-Frame-Options") == "DENY", what
-    assert csp in h.get("Content-Security-Policy", "") and "frame-ancestors 'none'" in h["Content-Security-Policy"], what
+    assert (
+        csp in h.get("Content-Security-Policy", "")
+        and "frame-ancestors 'none'" in h["Content-Security-Policy"]
+    ), what
     assert h.get("Referrer-Policy") in ("no-referrer", "same-origin"), what
 
 
@@ -208,9 +251,12 @@ def test_service_pages_404_and_static_files_send_the_security_headers(tight):
     assert carol.login().status_code == 302
     queue = carol.session.get(f"{tight.url}{EXPORTS}queue", timeout=30)
     assert queue.status_code == 200
-    session_cookies = [c for r in queue.history for c in r.raw.headers.getlist("Set-Cookie")
-                       if "oauth-state" not in c.split("=", 1)[0] and not c.startswith("_xsrf")
-                       and EXPORTS in c]
+    session_cookies = [
+        c
+        for r in queue.history
+        for c in r.raw.headers.getlist("Set-Cookie")
+        if "oauth-state" not in c.split("=", 1)[0] and not c.startswith("_xsrf") and EXPORTS in c
+    ]
     assert session_cookies and all("SameSite=Strict" in c and "HttpOnly" in c for c in session_cookies)
     answers = {
         "queue page": queue,
@@ -223,6 +269,7 @@ def test_service_pages_404_and_static_files_send_the_security_headers(tight):
 
 
 # ---- 3, 4. login throttling, invisible characters --------------------------------------------------------
+
 
 def login(hub, user: str, password: str) -> requests.Response:
     return HubClient(hub, user, password).login()
@@ -245,8 +292,9 @@ def test_password_guessing_is_delayed_then_locked_out_and_audited(tight):
     for r in erin:
         by_reason[r["details"]["reason"]] = by_reason.get(r["details"]["reason"], 0) + total([r])
     assert by_reason == {"invalid username or password": 4, "lockout_started": 1, "locked_out": 3}, by_reason
-    wait_for(lambda: login(tight, "erin", "demo-erin").status_code == 302, LOCKOUT + 10,
-             "erin's lockout to end")
+    wait_for(
+        lambda: login(tight, "erin", "demo-erin").status_code == 302, LOCKOUT + 10, "erin's lockout to end"
+    )
 
 
 def test_a_flood_of_wrong_passwords_does_not_stall_the_hub(tight):
@@ -313,16 +361,24 @@ def test_a_flood_of_refused_export_requests_leaves_few_records_with_the_count(ti
 
 # ---- keep holding: no open redirect at the login ---------------------------------------------------------
 
-@pytest.mark.parametrize("target", ["https://192.0.2.1/", "//192.0.2.1/x", "/\\192.0.2.1/x",
-                                    "https:192.0.2.1", "javascript:alert(1)"])
+
+@pytest.mark.parametrize(
+    "target",
+    ["https://192.0.2.1/", "//192.0.2.1/x", "/\\192.0.2.1/x", "https:192.0.2.1", "javascript:alert(1)"],
+)
 def test_the_login_never_redirects_off_site(tight, target):
     client = HubClient(tight, "carol")
     page = client.session.get(f"{tight.url}/hub/login", params={"next": target}, timeout=10)
     xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
-    data = {"username": "carol", "password": "demo-carol", "otp": tight.totp_code("carol"),
-            **({"_xsrf": xsrf.group(1)} if xsrf else {})}
-    response = client.session.post(f"{tight.url}/hub/login", params={"next": target}, data=data,
-                                   allow_redirects=False, timeout=30)
+    data = {
+        "username": "carol",
+        "password": "demo-carol",
+        "otp": tight.totp_code("carol"),
+        **({"_xsrf": xsrf.group(1)} if xsrf else {}),
+    }
+    response = client.session.post(
+        f"{tight.url}/hub/login", params={"next": target}, data=data, allow_redirects=False, timeout=30
+    )
     assert response.status_code == 302
     location = response.headers["Location"]
     assert location.startswith("/") and not location.startswith(("//", "/\\")), location

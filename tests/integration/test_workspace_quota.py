@@ -38,13 +38,17 @@ def test_full_workspace_is_enospc_in_that_project_only(hub):
         bob.spawn("demo-quota")
         container = hub.container("bob", "demo-quota")
         assert df_bytes(container) < 64 * 1024**2
-        code, out = docker_exec(container, "cp /bin/true /workspace/t && chmod +x /workspace/t && /workspace/t")
+        code, out = docker_exec(
+            container, "cp /bin/true /workspace/t && chmod +x /workspace/t && /workspace/t"
+        )
         assert code != 0 and "Permission denied" in out, "the quota'd workspace is mounted noexec"
         code, out = docker_exec(container, "dd if=/dev/zero of=/workspace/big bs=1M count=200 status=none")
         assert code != 0 and "No space left on device" in out
         image = hub.state / "workspaces/.demo-quota.ext4"
         assert image.stat().st_size == 64 * 1024**2, "the workspace image never grows past its quota"
-        assert hub.log_tail() and HubClient(hub, "alice").login().status_code == 302, "the hub keeps answering"
+        assert hub.log_tail() and HubClient(hub, "alice").login().status_code == 302, (
+            "the hub keeps answering"
+        )
         bob.stop("demo-quota")
 
         path.write_text(PROJECT.format(quota="128M"))

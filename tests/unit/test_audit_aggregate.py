@@ -38,8 +38,14 @@ def trail(tmp_path):
 
 def refuse(agg: RefusalAggregator, n: int, source: str = "alice/demo-cardio", reason: str = "route") -> None:
     for i in range(n):
-        agg.refuse(actor="alice", source=source, action="sidedoor.refused", reason=reason,
-                   project="demo-cardio", details={"route": clip(f"/files/x{i}")})
+        agg.refuse(
+            actor="alice",
+            source=source,
+            action="sidedoor.refused",
+            reason=reason,
+            project="demo-cardio",
+            details={"route": clip(f"/files/x{i}")},
+        )
 
 
 def test_a_flood_is_one_full_record_then_one_summary_with_the_count(trail):

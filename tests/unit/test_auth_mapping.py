@@ -19,9 +19,13 @@ def test_roles_follow_separation_of_duties():
     admin = set(roles["enclave-admin"]["scopes"])
     checker = set(roles["enclave-checker"]["scopes"])
     researcher = set(roles["enclave-researcher"]["scopes"])
-    assert not any(s.startswith(("access:servers", "admin:", "servers")) for s in admin), "admins never open notebooks"
+    assert not any(s.startswith(("access:servers", "admin:", "servers")) for s in admin), (
+        "admins never open notebooks"
+    )
     assert "custom:exports:review" not in admin, "admins never vote on exports"
     assert "custom:exports:review" in checker and "custom:exports:request" not in checker
     assert "custom:exports:request" in researcher and "custom:exports:review" not in researcher
-    assert all(s.endswith("!user") for s in roles["user"]["scopes"]), "the base role reaches only the user's own things"
+    assert all(s.endswith("!user") for s in roles["user"]["scopes"]), (
+        "the base role reaches only the user's own things"
+    )
     assert roles["enclave-admin"]["groups"] == ["enclave-admins"]

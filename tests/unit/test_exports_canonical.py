@@ -43,7 +43,9 @@ def png_bytes(image: Image.Image, **save) -> bytes:
 
 
 def chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )
 
 
 def with_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
@@ -65,10 +67,13 @@ def chart(size: tuple[int, int] = (120, 80), mode: str = "RGB") -> Image.Image:
 @pytest.mark.parametrize(
     ("filetype", "data"),
     [
-        ("csv", "region,n\nSeoul,120\n\"Busan, south\",45\n\"say \"\"hi\"\"\",3\n"),
+        ("csv", 'region,n\nSeoul,120\n"Busan, south",45\n"say ""hi""",3\n'),
         ("tsv", "region\tn\nSeoul\t120\n"),
         ("text", "Results\n\nThe cohort had 1,204 people.\n서울 120명\n"),
-        ("markdown", "# Table 1\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nSee [the paper](https://example.org).\n"),
+        (
+            "markdown",
+            "# Table 1\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nSee [the paper](https://example.org).\n",
+        ),
         ("json", '{"b": [1, 2.5, "x"], "a": {"n": 3}}'),
     ],
 )
@@ -79,12 +84,12 @@ def test_canonical_text_forms_are_fixed_points(filetype, data):
 
 
 def test_a_canonical_csv_is_unchanged_and_values_survive():
-    table = "region,n\nSeoul,120\n\"Busan, south\",45\n"
+    table = 'region,n\nSeoul,120\n"Busan, south",45\n'
     assert canon(table) == table.encode()
 
 
 def test_csv_dialect_is_fixed():
-    messy = "\ufeffregion;x,n\r\n\"Seoul\",\"120\"\r\n\r\n  Busan   south ,45 \r\n"
+    messy = '\ufeffregion;x,n\r\n"Seoul","120"\r\n\r\n  Busan   south ,45 \r\n'
     assert canon(messy) == b"region;x,n\nSeoul,120\nBusan south,45\n"
 
 
@@ -191,7 +196,12 @@ def test_a_png_that_is_not_a_png_or_is_broken_is_refused():
 def test_png_caps_are_checked_before_decoding(monkeypatch):
     # the header of a 100000 x 100000 image with almost no data: refused before any pixel is decoded
     header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
-    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
     monkeypatch.setattr(canonical_png, "_pixels", lambda image: pytest.fail("pixels decoded"))
     assert "pixels a side" in refused(bomb, "png")
     assert "120 x 80 pixels is over" in refused(png_bytes(chart()), "png", Limits(max_png_pixels=9000))
@@ -230,13 +240,17 @@ REFUSED_CHARACTERS = {
 }
 
 
-@pytest.mark.parametrize(("ch", "why"), REFUSED_CHARACTERS.items(), ids=lambda v: f"U+{ord(v):04X}" if len(v) == 1 else v)
+@pytest.mark.parametrize(
+    ("ch", "why"), REFUSED_CHARACTERS.items(), ids=lambda v: f"U+{ord(v):04X}" if len(v) == 1 else v
+)
 def test_invisible_or_confusable_characters_are_refused_in_tables_naming_row_and_column(ch, why):
     message = refused(f"region,n\nSeoul,120\nBusan,4{ch}5\n")
     assert "row 2, column 2 ('n')" in message and f"U+{ord(ch):04X}" in message and why in message
 
 
-@pytest.mark.parametrize(("ch", "why"), REFUSED_CHARACTERS.items(), ids=lambda v: f"U+{ord(v):04X}" if len(v) == 1 else v)
+@pytest.mark.parametrize(
+    ("ch", "why"), REFUSED_CHARACTERS.items(), ids=lambda v: f"U+{ord(v):04X}" if len(v) == 1 else v
+)
 def test_invisible_or_confusable_characters_are_refused_in_text_naming_the_line(ch, why):
     for filetype in ("text", "markdown"):
         message = refused(f"# Results\n\nAll good{ch} here\n", filetype)
@@ -401,7 +415,7 @@ def test_random_tables_and_texts_canonicalize_to_fixed_points():
     import random
 
     rng = random.Random(10)
-    alphabet = ['a', 'B', '7', ' ', ' ', ',', '"', '\n', '\r\n', '\r', '\t', 'é', '서', '-', '.']
+    alphabet = ["a", "B", "7", " ", " ", ",", '"', "\n", "\r\n", "\r", "\t", "é", "서", "-", "."]
     accepted = 0
     for _ in range(1500):
         raw = "h1,h2,h3\n" + "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 60)))

@@ -121,9 +121,13 @@ def test_a_checker_reads_every_page_of_a_long_file_through_the_service(tmp_path)
         assert len(re.findall(r'<td class="flag" data-flag="base64-looking string">', last.text)) == 100
         lines = browser.get(f"{svc.url}requests/{rid}/files/{ids['notes.txt']}?page=3", timeout=30).text
         assert "line 2500" in lines and "line 1999" not in lines
-        assert browser.get(f"{svc.url}requests/{rid}/files/{ids['t.csv']}?page=0", timeout=30).status_code == 400
+        assert (
+            browser.get(f"{svc.url}requests/{rid}/files/{ids['t.csv']}?page=0", timeout=30).status_code == 400
+        )
         other = svc.browser(researcher("bob", "demo-oncology", in_container=False))
-        assert other.get(f"{svc.url}requests/{rid}/files/{ids['t.csv']}", timeout=30).status_code == 404, "the same answer as a missing request"
+        assert other.get(f"{svc.url}requests/{rid}/files/{ids['t.csv']}", timeout=30).status_code == 404, (
+            "the same answer as a missing request"
+        )
     views = [e for e in env.audit.records if e["action"] == "export.view" and e["details"].get("file")]
     assert {e["details"]["file"] for e in views} == {"t.csv", "notes.txt"}, "every page view is audited"
 

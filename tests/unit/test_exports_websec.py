@@ -205,13 +205,19 @@ def test_the_session_cookie_is_samesite_strict_and_the_state_cookie_lax(svc):
     from exports.web import EnclaveHubOAuth
 
     auth = EnclaveHubOAuth(
-        api_token="t", oauth_client_id="service-exports", base_url="/services/exports/",
-        api_url="http://127.0.0.1:9/hub/api", oauth_redirect_uri="http://127.0.0.1/services/exports/oauth_callback",
+        api_token="t",
+        oauth_client_id="service-exports",
+        base_url="/services/exports/",
+        api_url="http://127.0.0.1:9/hub/api",
+        oauth_redirect_uri="http://127.0.0.1/services/exports/oauth_callback",
     )
     assert auth.cookie_options["samesite"] == "Lax" and "secure" not in auth.cookie_options
     https = EnclaveHubOAuth(
-        api_token="t", oauth_client_id="service-exports", base_url="/services/exports/",
-        api_url="http://127.0.0.1:9/hub/api", public_url="https://enclave.example.org",
+        api_token="t",
+        oauth_client_id="service-exports",
+        base_url="/services/exports/",
+        api_url="http://127.0.0.1:9/hub/api",
+        public_url="https://enclave.example.org",
         oauth_redirect_uri="https://enclave.example.org/services/exports/oauth_callback",
     )
     assert https.cookie_options["secure"] is True
@@ -236,7 +242,9 @@ def test_a_planted_xsrf_cookie_does_not_block_a_checkers_vote(svc, env):
     carol.cookies.set("_xsrf", "garbage", domain="127.0.0.1", path="/services/exports/")
     carol.cookies.set("_xsrf", planted, domain="127.0.0.1", path="/services/exports/requests/")
     sent = carol.prepare_request(requests.Request("POST", svc.url + f"requests/{rid}/vote")).headers["Cookie"]
-    assert sent.index(planted) < sent.index("garbage"), "the planted cookie comes first, as a browser sends it"
+    assert sent.index(planted) < sent.index("garbage"), (
+        "the planted cookie comes first, as a browser sends it"
+    )
     time.sleep(1.1)  # a person reads the page first; signed values made in the same second are identical
     r = carol.post(
         svc.url + f"requests/{rid}/vote",
@@ -315,10 +323,14 @@ class _Elements(__import__("html.parser").parser.HTMLParser):
 
 
 def test_no_field_a_checker_sees_can_carry_markup(svc, env):
-    quoted = '"' + XSS.replace('"', '""') + '"'  # a well-formed CSV cell: the canonical form would refuse a bare quote
+    quoted = (
+        '"' + XSS.replace('"', '""') + '"'
+    )  # a well-formed CSV cell: the canonical form would refuse a bare quote
     table = f'"group {XSS.replace(chr(34), chr(34) * 2)}",n\n{quoted},120\nB,45\n'
     rid = create_request_at_status(
-        env, S.SUBMITTED, files={f"r/{XSS[12:20]}x.csv": table, "notes.md": f"# Notes\n\n`{XSS}`\n", "t.txt": XSS}
+        env,
+        S.SUBMITTED,
+        files={f"r/{XSS[12:20]}x.csv": table, "notes.md": f"# Notes\n\n`{XSS}`\n", "t.txt": XSS},
     )
     wf = env.workflow
     wf.comment(ALICE, rid, XSS, Visibility.RESEARCHER)
@@ -348,8 +360,12 @@ def test_every_form_post_needs_this_sessions_token(svc, env, action):
     rid = create_request_at_status(env, S.SUBMITTED)
     before = env.storage.get(rid)
     for who in (CAROL, ALICE_WEB):
-        r = svc.browser(who).post(svc.url + f"requests/{rid}/{action}", data={"reason": "x", "text": "x"},
-                                  allow_redirects=False, timeout=30)
+        r = svc.browser(who).post(
+            svc.url + f"requests/{rid}/{action}",
+            data={"reason": "x", "text": "x"},
+            allow_redirects=False,
+            timeout=30,
+        )
         assert r.status_code == 403
         r = svc.browser(who).post(svc.url + f"api/requests/{rid}/{action}", json={"reason": "x"}, timeout=30)
         assert r.status_code == 403

@@ -59,8 +59,12 @@ def tables() -> dict:
 
 def locked_down_attrs() -> dict:
     return {
-        "Config": {"User": "1000:1000", "Image": "enclave/notebook:0.1", "Healthcheck": {"Test": ["CMD", "true"]},
-                   "Env": ["JUPYTERHUB_SSL_KEYFILE=/etc/enclave-tls/server.key"]},
+        "Config": {
+            "User": "1000:1000",
+            "Image": "enclave/notebook:0.1",
+            "Healthcheck": {"Test": ["CMD", "true"]},
+            "Env": ["JUPYTERHUB_SSL_KEYFILE=/etc/enclave-tls/server.key"],
+        },
         "HostConfig": {
             "CapDrop": ["ALL"],
             "CapAdd": None,
@@ -160,7 +164,9 @@ def running_services() -> dict:
 
     return {
         "hub_pid": HUB_PID,
-        "services": tuple(ServiceProcess(name, 5000 + i, HUB_PID, HUB_PID) for i, name in enumerate(SERVICE_NAMES)),
+        "services": tuple(
+            ServiceProcess(name, 5000 + i, HUB_PID, HUB_PID) for i, name in enumerate(SERVICE_NAMES)
+        ),
         "service_answers": {"exports": None, "enclave-gate": None},
         "exports_oauth": None,
         "free_bytes": 10 * 1024**3,
@@ -334,7 +340,9 @@ def test_the_command_exits_0_and_speaks_json(monkeypatch, capsys, tmp_path):
 
 
 def test_lxcfs_down_is_a_weakness_that_says_what_to_do():
-    reasons = failing(sound(lxcfs_problem="lxcfs is not mounted at /var/lib/lxcfs (deploy/lib.sh ensure_lxcfs starts it)"))
+    reasons = failing(
+        sound(lxcfs_problem="lxcfs is not mounted at /var/lib/lxcfs (deploy/lib.sh ensure_lxcfs starts it)")
+    )
     assert list(reasons) == ["lxcfs"] and "ensure_lxcfs" in reasons["lxcfs"] and "refused" in reasons["lxcfs"]
 
 

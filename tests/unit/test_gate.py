@@ -22,10 +22,17 @@ NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 def test_only_the_notebook_servers_routes_are_allowed():
     assert allowed("GET", "/hub/api/user") and allowed("GET", "/hub/api/") and allowed("GET", "/hub/api")
     assert allowed("POST", "/hub/api/users/alice/activity") and allowed("POST", "/hub/api/oauth2/token")
-    for method, path in [("POST", "/hub/login"), ("POST", "/hub/api/users/alice/tokens"), ("GET", "/hub/api/users"),
-                         ("POST", "/hub/api/users/alice/servers/x"), ("GET", "/hub/api/user/../users"),
-                         ("DELETE", "/hub/api/users/alice/activity"), ("GET", "/hub/home"),
-                         ("POST", "/hub/api/users/alice/activity/x"), ("GET", "/hub/api/oauth2/authorize")]:
+    for method, path in [
+        ("POST", "/hub/login"),
+        ("POST", "/hub/api/users/alice/tokens"),
+        ("GET", "/hub/api/users"),
+        ("POST", "/hub/api/users/alice/servers/x"),
+        ("GET", "/hub/api/user/../users"),
+        ("DELETE", "/hub/api/users/alice/activity"),
+        ("GET", "/hub/home"),
+        ("POST", "/hub/api/users/alice/activity/x"),
+        ("GET", "/hub/api/oauth2/authorize"),
+    ]:
         assert not allowed(method, path), (method, path)
 
 
@@ -94,7 +101,9 @@ def body(**data) -> bytes:
 
 def test_future_last_activity_is_clamped_to_now():
     ahead = (NOW + timedelta(minutes=59)).isoformat()
-    out, clamped = clamp_activity(body(last_activity=ahead, servers={"demo-cardio": {"last_activity": ahead}}), NOW)
+    out, clamped = clamp_activity(
+        body(last_activity=ahead, servers={"demo-cardio": {"last_activity": ahead}}), NOW
+    )
     data = json.loads(out)
     assert data["last_activity"] == "2026-12-01T10:00:00.000Z"
     assert data["servers"]["demo-cardio"]["last_activity"] == "2026-12-01T10:00:00.000Z"
@@ -146,11 +155,18 @@ def test_malformed_activity_is_refused_naming_the_field(raw, field):
 
 
 def test_the_actor_is_the_tokens_user_and_server():
-    model = {"kind": "user", "name": "alice",
-             "scopes": ["users:activity!user=alice", "access:servers!server=alice/demo-cardio"]}
+    model = {
+        "kind": "user",
+        "name": "alice",
+        "scopes": ["users:activity!user=alice", "access:servers!server=alice/demo-cardio"],
+    }
     who = requester_from_model(model, "10.1.0.2", "token")
-    assert (who.actor, who.server, who.project, who.source) == ("alice", "alice/demo-cardio", "demo-cardio",
-                                                                 "alice/demo-cardio")
+    assert (who.actor, who.server, who.project, who.source) == (
+        "alice",
+        "alice/demo-cardio",
+        "demo-cardio",
+        "alice/demo-cardio",
+    )
     service = requester_from_model({"kind": "service", "name": "exports", "scopes": []}, "10.1.0.2", "token")
     assert service.actor == "service:exports" and service.server is None
 
@@ -164,14 +180,22 @@ def test_token_header_parsing():
 
 # ---- firewall drops ------------------------------------------------------------------------------
 
-LINE = ("4,2211,6174155001,-;enclave-refused-host:IN=encab12 OUT= MAC=02:42 SRC=10.7.0.2 DST=10.7.0.1 LEN=60 "
-        "TOS=0x00 PREC=0x00 TTL=64 ID=1 DF PROTO=TCP SPT=39130 DPT=22 WINDOW=65495 RES=0x00 SYN URGP=0 \n")
+LINE = (
+    "4,2211,6174155001,-;enclave-refused-host:IN=encab12 OUT= MAC=02:42 SRC=10.7.0.2 DST=10.7.0.1 LEN=60 "
+    "TOS=0x00 PREC=0x00 TTL=64 ID=1 DF PROTO=TCP SPT=39130 DPT=22 WINDOW=65495 RES=0x00 SYN URGP=0 \n"
+)
 
 
 def test_kernel_log_lines_of_the_firewall_are_parsed():
     drop = parse(LINE)
     assert (drop.kind, drop.bridge, drop.src, drop.dst, drop.proto, drop.dport) == (
-        "host", "encab12", "10.7.0.2", "10.7.0.1", "tcp", "22")
+        "host",
+        "encab12",
+        "10.7.0.2",
+        "10.7.0.1",
+        "tcp",
+        "22",
+    )
     fwd = parse("enclave-refused-fwd:IN=encab12 OUT=eth0 SRC=10.7.0.2 DST=192.0.2.1 PROTO=ICMP TYPE=8")
     assert fwd.kind == "forward" and fwd.dport is None
     assert parse("4,1,1,-;some other kernel message SRC=1.2.3.4 IN=x") is None
@@ -204,7 +228,11 @@ def test_drops_are_one_record_per_container_and_window_with_a_count():
     summarizer.handle(parse(LINE.replace("IN=encab12", "IN=encother")))  # another hub's bridge
     assert len(trail.records) == 1
     first = trail.records[0]
-    assert (first["actor"], first["project"], first["target"]) == ("alice", "demo-cardio", "alice/demo-cardio")
+    assert (first["actor"], first["project"], first["target"]) == (
+        "alice",
+        "demo-cardio",
+        "alice/demo-cardio",
+    )
     assert first["details"]["destination"] == "10.7.0.1:20/tcp"
     clock.now = 61
     refusals.flush_due()
@@ -217,8 +245,12 @@ def test_drops_are_one_record_per_container_and_window_with_a_count():
 def test_side_door_reports_are_classified_in_every_spelling():
     from exports.trail import route_kind as door
 
-    for route in ("GET /user/alice/demo-cardio/files/x", "GET /user/a/p/FILES/x", "GET /user/a/p/%66iles/x",
-                  "GET /user/a/p/%2566iles/x?download=1"):
+    for route in (
+        "GET /user/alice/demo-cardio/files/x",
+        "GET /user/a/p/FILES/x",
+        "GET /user/a/p/%66iles/x",
+        "GET /user/a/p/%2566iles/x?download=1",
+    ):
         assert door(route) == "files-download", route
     assert door("POST /user/a/p/api/terminals") == "terminals"
     assert door("GET /user/a/p/Nbconvert/html/x.ipynb") == "nbconvert"
@@ -260,21 +292,33 @@ def test_the_hub_refusals_that_go_on_the_trail():
 
     adam = FakeUser("adam")
     auth = {"Authorization": "token x"}
-    assert refused_attempt(FakeHandler("POST", "/hub/api/users/alice/servers/demo-cardio", 403, adam, headers=auth)) == (
-        "start_others_server", "POST /hub/api/users/alice/servers/demo-cardio", "alice/demo-cardio")
-    assert refused_attempt(FakeHandler("POST", "/hub/api/users/alice/tokens", 403, adam, headers=auth))[0] == (
-        "token_others_server")
-    mint = FakeHandler("POST", "/hub/api/users/adam/tokens", 400, adam, headers=auth,
-                       body=b'{"scopes": ["access:servers!server=alice/demo-cardio"]}')
+    assert refused_attempt(
+        FakeHandler("POST", "/hub/api/users/alice/servers/demo-cardio", 403, adam, headers=auth)
+    ) == ("start_others_server", "POST /hub/api/users/alice/servers/demo-cardio", "alice/demo-cardio")
+    assert refused_attempt(FakeHandler("POST", "/hub/api/users/alice/tokens", 403, adam, headers=auth))[
+        0
+    ] == ("token_others_server")
+    mint = FakeHandler(
+        "POST",
+        "/hub/api/users/adam/tokens",
+        400,
+        adam,
+        headers=auth,
+        body=b'{"scopes": ["access:servers!server=alice/demo-cardio"]}',
+    )
     assert refused_attempt(mint)[0] == "token_others_server"
-    grant = FakeHandler("GET", "/hub/api/oauth2/authorize", 403, adam, args={"client_id": "jupyterhub-user-alice"})
+    grant = FakeHandler(
+        "GET", "/hub/api/oauth2/authorize", 403, adam, args={"client_id": "jupyterhub-user-alice"}
+    )
     assert refused_attempt(grant)[0] == "open_others_server"
     assert refused_attempt(FakeHandler("POST", "/hub/login", 403))[0] == "xsrf_missing"
     with_xsrf = FakeHandler("POST", "/hub/login", 403, args={"_xsrf": "t"})
     assert refused_attempt(with_xsrf) is None
     own = FakeHandler("POST", "/hub/api/users/adam/servers/x", 403, adam, headers=auth)
     assert refused_attempt(own) is None, "one's own server is not someone else's"
-    assert refused_attempt(FakeHandler("POST", "/hub/api/users/alice/tokens", 201, adam, headers=auth)) is None
+    assert (
+        refused_attempt(FakeHandler("POST", "/hub/api/users/alice/tokens", 201, adam, headers=auth)) is None
+    )
 
 
 def test_a_throttled_flood_asks_the_hub_once_and_every_record_names_the_tokens_user():
@@ -294,8 +338,9 @@ def test_a_throttled_flood_asks_the_hub_once_and_every_record_names_the_tokens_u
 
     async def flood():
         headers = {"Authorization": "token t"}
-        return await asyncio.gather(*(directory.requester(headers, "10.1.0.2", may_ask_hub=False)
-                                      for _ in range(50)))
+        return await asyncio.gather(
+            *(directory.requester(headers, "10.1.0.2", may_ask_hub=False) for _ in range(50))
+        )
 
     found = asyncio.run(flood())
     assert len(asked) == 1

@@ -79,13 +79,16 @@ def test_ordinary_names_are_not_suspicious(name):
 
 # ---- the authenticator's use of it, without a directory ------------------------------------------------
 
+
 def _authenticator(tmp_path, monkeypatch, **config):
     import asyncio
     import types
 
     from hub.auth import EnclaveAuthenticator
 
-    auth = EnclaveAuthenticator(state_dir=str(tmp_path), login_delay_base=0.01, login_delay_max=0.02, **config)
+    auth = EnclaveAuthenticator(
+        state_dir=str(tmp_path), login_delay_base=0.01, login_delay_max=0.02, **config
+    )
     calls = []
 
     async def directory(handler, data, username):  # every password is wrong: no model
@@ -106,7 +109,9 @@ def _logins(tmp_path, **query):
     return list(AuditLog.open(tmp_path).records(action="auth.login", **query))
 
 
-def test_an_invisible_character_never_reaches_the_directory_and_is_audited_escaped_once(tmp_path, monkeypatch):
+def test_an_invisible_character_never_reaches_the_directory_and_is_audited_escaped_once(
+    tmp_path, monkeypatch
+):
     _, calls, attempt = _authenticator(tmp_path, monkeypatch)
     assert attempt("alice\u200b") is None
     assert calls == []
@@ -153,5 +158,7 @@ def test_hub_cookies_are_lax_and_secure_exactly_when_the_site_is_https():
     plain, tls = browser_settings("http://127.0.0.1:8000"), browser_settings("https://enclave.example.org")
     assert plain["cookie_options"] == {"samesite": "Lax"}
     assert tls["cookie_options"] == {"samesite": "Lax", "secure": True}
-    assert plain["headers"]["X-Frame-Options"] == "DENY" and "object-src 'none'" in plain["headers"][
-        "Content-Security-Policy"]
+    assert (
+        plain["headers"]["X-Frame-Options"] == "DENY"
+        and "object-src 'none'" in plain["headers"]["Content-Security-Policy"]
+    )

@@ -45,7 +45,10 @@ def test_demo_policy_loads(policy_dir):
 def test_unknown_field_names_file_and_path(policy_dir):
     edit(policy_dir / "projects/demo-cardio.yaml", lambda d: d["members"][1].update(role="owner"))
     message = problems(policy_dir)
-    assert "demo-cardio.yaml: members[1]: Additional properties are not allowed ('role' was unexpected)" in message
+    assert (
+        "demo-cardio.yaml: members[1]: Additional properties are not allowed ('role' was unexpected)"
+        in message
+    )
 
 
 def test_bad_status_value(policy_dir):
@@ -66,16 +69,24 @@ def test_malformed_yaml_names_line(policy_dir):
 
 def test_missing_required_field(policy_dir):
     edit(policy_dir / "projects/demo-oncology.yaml", lambda d: d.pop("principal_investigator"))
-    assert "demo-oncology.yaml: (top level): 'principal_investigator' is a required property (required)" in problems(policy_dir)
+    assert (
+        "demo-oncology.yaml: (top level): 'principal_investigator' is a required property (required)"
+        in problems(policy_dir)
+    )
 
 
 def test_id_must_match_file_name(policy_dir):
     edit(policy_dir / "projects/demo-oncology.yaml", lambda d: d.update(id="oncology"))
-    assert "demo-oncology.yaml: id: 'oncology' must match the file name 'demo-oncology'" in problems(policy_dir)
+    assert "demo-oncology.yaml: id: 'oncology' must match the file name 'demo-oncology'" in problems(
+        policy_dir
+    )
 
 
 def test_unknown_dataset_and_wrong_version(policy_dir):
-    edit(policy_dir / "projects/demo-cardio.yaml", lambda d: d["datasets"].append({"id": "claims", "version": "1"}))
+    edit(
+        policy_dir / "projects/demo-cardio.yaml",
+        lambda d: d["datasets"].append({"id": "claims", "version": "1"}),
+    )
     edit(policy_dir / "projects/demo-oncology.yaml", lambda d: d["datasets"][0].update(version="9"))
     message = problems(policy_dir)
     assert "demo-cardio.yaml: datasets[1].id: 'claims' is not in policies/datasets/" in message
@@ -94,7 +105,10 @@ def test_active_project_needs_drb_and_irb(policy_dir):
 
 def test_thresholds_may_only_be_stricter(policy_dir):
     edit(policy_dir / "projects/demo-cardio.yaml", lambda d: d["exports"]["thresholds"].update(min_count=5))
-    assert "demo-cardio.yaml: exports.thresholds.min_count: 5 is less than the minimum of 10 (minimum)" in problems(policy_dir)
+    assert (
+        "demo-cardio.yaml: exports.thresholds.min_count: 5 is less than the minimum of 10 (minimum)"
+        in problems(policy_dir)
+    )
 
 
 def test_site_requires_image(policy_dir):
@@ -118,7 +132,9 @@ def test_store_keeps_last_good_policy(policy_dir):
     time.sleep(0.01)
     (policy_dir / "projects/demo-cardio.yaml").write_text("members: [\n")
     policy = store.current()
-    assert "erin" in [m.uid for m in policy.projects["demo-cardio"].members], "a bad edit must not change policy"
+    assert "erin" in [m.uid for m in policy.projects["demo-cardio"].members], (
+        "a bad edit must not change policy"
+    )
     assert store.last_error is not None and "demo-cardio.yaml" in str(store.last_error)
     shutil.copy(REPO / "policies/projects/demo-cardio.yaml", policy_dir / "projects/demo-cardio.yaml")
     edit(policy_dir / "projects/demo-cardio.yaml", lambda d: d.update(members=[{"uid": "alice"}]))

@@ -21,9 +21,13 @@ from hub.spawner import EnclaveSpawner
 
 def profile():
     return security_profile(
-        image="enclave/notebook:0.1", network="enclave-demo-cardio", dns="172.30.0.1",
+        image="enclave/notebook:0.1",
+        network="enclave-demo-cardio",
+        dns="172.30.0.1",
         mounts=[Mount(Path("/s/data/p/d/1"), "/data/d", True), Mount(Path("/s/ws/p"), "/workspace", False)],
-        cpu=1.5, memory="2G", pids=256,
+        cpu=1.5,
+        memory="2G",
+        pids=256,
     )
 
 
@@ -36,11 +40,19 @@ def test_host_config_is_locked_down():
     assert hc["cpu_quota"] == 150_000 and hc["cpu_period"] == 100_000
     assert hc["pids_limit"] == 256
     # nproc counts every uid-1000 process on the host, so it is a host-wide backstop; pids_limit is per container
-    assert {u["Name"]: u["Hard"] for u in hc["ulimits"]} == {"nofile": 4096, "nproc": NPROC_ALL_NOTEBOOKS, "core": 0}
+    assert {u["Name"]: u["Hard"] for u in hc["ulimits"]} == {
+        "nofile": 4096,
+        "nproc": NPROC_ALL_NOTEBOOKS,
+        "core": 0,
+    }
     assert hc["binds"][:2] == ["/s/data/p/d/1:/data/d:ro", "/s/ws/p:/workspace:rw"]
-    assert all("noexec" in o and "nosuid" in o and "nodev" in o and "size=" in o for o in hc["tmpfs"].values())
+    assert all(
+        "noexec" in o and "nosuid" in o and "nodev" in o and "size=" in o for o in hc["tmpfs"].values()
+    )
     assert hc["network_mode"] == "enclave-demo-cardio" and hc["dns"] == ["172.30.0.1"]
-    assert not any(k in hc for k in ("devices", "pid_mode", "userns_mode", "port_bindings", "device_requests"))
+    assert not any(
+        k in hc for k in ("devices", "pid_mode", "userns_mode", "port_bindings", "device_requests")
+    )
 
 
 def test_container_runs_as_uid_1000():
@@ -48,7 +60,9 @@ def test_container_runs_as_uid_1000():
 
 
 def test_gpu_renders_a_device_request():
-    hc = security_profile(image="i:1", network="n", dns="d", mounts=[], cpu=1, memory="1G", pids=64, gpus=1)["host_config"]
+    hc = security_profile(image="i:1", network="n", dns="d", mounts=[], cpu=1, memory="1G", pids=64, gpus=1)[
+        "host_config"
+    ]
     assert hc["device_requests"][0]["Count"] == 1
 
 
@@ -63,7 +77,11 @@ def test_extra_host_config_cannot_override_profile(key):
 
 
 def test_protected_keys_cover_profile():
-    assert set(profile()["host_config"]) - PROTECTED_HOST_CONFIG <= {"restart_policy", "auto_remove", "dns_search"}
+    assert set(profile()["host_config"]) - PROTECTED_HOST_CONFIG <= {
+        "restart_policy",
+        "auto_remove",
+        "dns_search",
+    }
     assert set(profile()["engine_host_config"]) <= PROTECTED_HOST_CONFIG
 
 
@@ -72,14 +90,25 @@ def test_masked_paths_keep_the_engines_defaults_and_hide_shared_kernel_counters(
     # Setting MaskedPaths replaces the engine's list: every default must still be there (Docker 20.10).
     assert masked[: len(ENGINE_DEFAULT_MASKED_PATHS)] == list(ENGINE_DEFAULT_MASKED_PATHS)
     assert {"/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"} <= set(masked)
-    assert {"/proc/partitions", "/sys/block", "/sys/devices/virtual/block", "/sys/class/block", "/sys/dev/block",
-            "/sys/fs/ext4", "/proc/vmstat", "/proc/interrupts", "/proc/pressure"} <= set(masked)
+    assert {
+        "/proc/partitions",
+        "/sys/block",
+        "/sys/devices/virtual/block",
+        "/sys/class/block",
+        "/sys/dev/block",
+        "/sys/fs/ext4",
+        "/proc/vmstat",
+        "/proc/interrupts",
+        "/proc/pressure",
+    } <= set(masked)
     assert profile()["engine_host_config"]["ReadonlyPaths"] == list(ENGINE_DEFAULT_READONLY_PATHS)
 
 
 def test_lxcfs_files_replace_the_host_wide_proc_files_read_only():
     binds = profile()["host_config"]["binds"]
-    assert not [b for b in binds if "diskstats" in b]  # masked instead: lxcfs falls back to the host file here
+    assert not [
+        b for b in binds if "diskstats" in b
+    ]  # masked instead: lxcfs falls back to the host file here
     assert "/var/lib/lxcfs/proc/meminfo:/proc/meminfo:ro" in binds
     assert "/var/lib/lxcfs/proc/loadavg:/proc/loadavg:ro" in binds
     assert all(b.endswith(":ro") for b in binds if b.startswith("/var/lib/lxcfs/"))

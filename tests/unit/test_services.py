@@ -159,15 +159,20 @@ def test_a_process_dressed_up_as_a_service_from_a_container_is_not_ours(tmp_path
         # Only the process inside the new namespace carries the disguise, as in a container (unshare itself,
         # on our side, is the engine's shim there).
         disguise = [f"JUPYTERHUB_SERVICE_NAME={env['JUPYTERHUB_SERVICE_NAME']}", f"ENCLAVE_STATE_DIR={state}"]
-        dressed = subprocess.Popen(["unshare", "--pid", "--fork", "--", "env", *disguise, *sleeper],
-                                   start_new_session=True)
+        dressed = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--", "env", *disguise, *sleeper], start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 10
         pids = set()
         while time.monotonic() < deadline and not pids:
             pids = {p.pid for p in psutil.Process(dressed.pid).children(recursive=True)} | {dressed.pid}
-            pids = {pid for pid in pids if psutil.Process(pid).environ().get("JUPYTERHUB_SERVICE_NAME") == "exports"
-                    and "time.sleep" in " ".join(psutil.Process(pid).cmdline())}
+            pids = {
+                pid
+                for pid in pids
+                if psutil.Process(pid).environ().get("JUPYTERHUB_SERVICE_NAME") == "exports"
+                and "time.sleep" in " ".join(psutil.Process(pid).cmdline())
+            }
         assert pids, "control: the dressed-up process is running with the service's environment"
         # The control that the disguise is good: without the namespace and uid test it would be found.
         assert all(services.belongs_to(psutil.Process(pid).environ(), str(state), 1) for pid in pids)

@@ -12,7 +12,9 @@ c.ServerApp.jpserver_extensions = {"enclave_lockdown": True}
 
 # No side doors: these routes are not registered at all, and enclave_lockdown answers them with a
 # logged 403 (and reports the attempt to the audit trail through the export service).
-ServerApp.default_services = tuple(s for s in ServerApp.default_services if s not in {"files", "nbconvert", "view"})
+ServerApp.default_services = tuple(
+    s for s in ServerApp.default_services if s not in {"files", "nbconvert", "view"}
+)
 c.ContentsManager.files_handler_class = "enclave_lockdown.RefusedHandler"
 c.ServerApp.contents_manager_class = "enclave_lockdown.CappedContentsManager"
 
