@@ -130,7 +130,9 @@ class Enforcer:
         today = date.today()
         for user in self.users(state="active"):
             for name, server in (user.get("servers") or {}).items():
-                if not name or server.get("stopped") or server.get("pending") == "stop":
+                # A pending spawn is the spawner's to refuse (it records why, as server.spawn); stopping it
+                # here cancelled it midway, with a 500 and no record of the refused spawn.
+                if not name or server.get("stopped") or server.get("pending"):
                     continue
                 reason = refusal(self.policy, user, name, today)
                 if reason:
